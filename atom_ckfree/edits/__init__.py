@@ -1,0 +1,35 @@
+"""Edit primitives: small, named, idempotent changes to one parsed file each."""
+
+from .base import Conflict, Edit
+from .formats import FORMATS
+from .pysyntax import assign, call, defn, if_test, matching, stmt
+from .python import (
+    AddElse,
+    AddImport,
+    InsertStatements,
+    RenameName,
+    ReplaceArgument,
+    ReplaceStatement,
+    SetDictEntry,
+    WrapInCondition,
+)
+
+__all__ = [
+    "FORMATS",
+    "AddElse",
+    "AddImport",
+    "Conflict",
+    "Edit",
+    "InsertStatements",
+    "RenameName",
+    "ReplaceArgument",
+    "ReplaceStatement",
+    "SetDictEntry",
+    "WrapInCondition",
+    "assign",
+    "call",
+    "defn",
+    "if_test",
+    "matching",
+    "stmt",
+]

@@ -1,0 +1,41 @@
+"""What every edit is: a named, idempotent change to one parsed document."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass
+class Conflict(Exception):
+    """An edit could not find what it anchors on, or found something in its way."""
+
+    edit_id: str
+    expected: str
+    found: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.edit_id}: expected {self.expected}; found {self.found}"
+
+
+class Edit:
+    """One change to one file.
+
+    ``apply`` returns the (possibly new) document and whether it changed anything:
+    an edit that finds its change already made returns ``changed=False`` — that is
+    how re-applying a series becomes a no-op and how ``status`` knows what is applied.
+    It raises :class:`Conflict` when its anchor is gone or something else is in the way.
+    """
+
+    format: ClassVar[str]
+
+    def __init__(self, id: str):
+        self.id = id
+
+    def apply(self, doc: Any) -> tuple[Any, bool]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"

@@ -1,0 +1,257 @@
+"""Finding things in a libcst module: scopes by name, anchors by structure.
+
+Anchors compare code by its AST, so formatting and comments never decide a match.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import textwrap
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import libcst as cst
+import libcst.matchers as m
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+from .base import Conflict
+
+_EMPTY = cst.Module(body=[])
+
+
+def code_of(node: cst.CSTNode) -> str:
+    return _EMPTY.code_for_node(node)
+
+
+def normal_form(code: str) -> str:
+    """The AST dump of a statement list or an expression: equal for equal meaning."""
+    code = textwrap.dedent(code).strip()
+    try:
+        return ast.dump(ast.parse(code, mode="eval"))
+    except SyntaxError:
+        return ast.dump(ast.parse(code))
+
+
+def same_code(node: cst.CSTNode, code: str) -> bool:
+    return normal_form(code_of(node)) == normal_form(code)
+
+
+def parse_statements(code: str) -> list[cst.BaseStatement]:
+    return list(cst.parse_module(textwrap.dedent(code).strip() + "\n").body)
+
+
+def _stmt_form(stmt: cst.CSTNode) -> str:
+    return normal_form(code_of(stmt))
+
+
+def statements_equal(a: cst.CSTNode, b: cst.CSTNode) -> bool:
+    return _stmt_form(a) == _stmt_form(b)
+
+
+def lines_of(module: cst.Module) -> Callable[[cst.CSTNode], int]:
+    """A function giving a node's 1-based start line in ``module`` (computed lazily)."""
+    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    return lambda node: positions[node].start.line
+
+
+def _name_of(node: cst.CSTNode) -> str | None:
+    if isinstance(node, (cst.ClassDef, cst.FunctionDef)):
+        return node.name.value
+    return None
+
+
+def _children_defs(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Classes and functions defined directly in ``node``'s body, looking through
+    if/try/with blocks (``if has_triton_kernels(): def ...``) but not into other defs."""
+    body = getattr(node, "body", None)
+    if isinstance(body, cst.BaseSuite):
+        body = body.body
+    if not isinstance(body, (list, tuple)):
+        return
+    for stmt in body:
+        if isinstance(stmt, (cst.ClassDef, cst.FunctionDef)):
+            yield stmt
+        elif isinstance(stmt, (cst.If, cst.Try, cst.With)):
+            yield from _children_defs(stmt)
+            for extra in _compound_tails(stmt):
+                yield from _children_defs(extra)
+
+
+def _compound_tails(stmt: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    if isinstance(stmt, cst.If) and stmt.orelse is not None:
+        yield stmt.orelse
+    if isinstance(stmt, cst.Try):
+        yield from stmt.handlers
+        if stmt.orelse is not None:
+            yield stmt.orelse
+        if stmt.finalbody is not None:
+            yield stmt.finalbody
+
+
+def find_scope(module: cst.Module, path: str, edit_id: str) -> cst.CSTNode:
+    """``"Class.method"`` → that FunctionDef; ``""`` → the module."""
+    node: cst.CSTNode = module
+    walked: list[str] = []
+    for part in [p for p in path.split(".") if p]:
+        defs = list(_children_defs(node))
+        hits = [d for d in defs if _name_of(d) == part]
+        if len(hits) != 1:
+            line = lines_of(module)
+            inside = ".".join(walked) or "the module"
+            names = [f"{_name_of(d)} (line {line(d)})" for d in defs]
+            close = difflib.get_close_matches(part, [_name_of(d) for d in defs], 3)
+            found = (
+                f"{len(hits)} definitions of {part!r}"
+                if hits
+                else "no such definition"
+                + (f"; similar: {', '.join(close)}" if close else "")
+                + (f"; defined there: {', '.join(names[:12])}" if names else "")
+            )
+            raise Conflict(
+                edit_id,
+                f"one definition {part!r} in {inside}",
+                found,
+                line(node) if node is not module else None,
+            )
+        node = hits[0]
+        walked.append(part)
+    return node
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A description a human can read plus a predicate on nodes."""
+
+    description: str
+    test: Callable[[cst.CSTNode], bool]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def stmt(code: str) -> Anchor:
+    """A simple statement equal to ``code`` (by AST)."""
+    form = normal_form(code)
+    return Anchor(
+        f"statement `{code.strip()}`",
+        lambda n: isinstance(n, cst.SimpleStatementLine) and _stmt_form(n) == form,
+    )
+
+
+def assign(target: str) -> Anchor:
+    """An assignment (plain, annotated or augmented) to ``target``."""
+    form = normal_form(target)
+
+    def test(n: cst.CSTNode) -> bool:
+        if not isinstance(n, cst.SimpleStatementLine) or len(n.body) != 1:
+            return False
+        small = n.body[0]
+        if isinstance(small, cst.Assign):
+            targets = [t.target for t in small.targets]
+        elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
+            targets = [small.target]
+        else:
+            return False
+        return any(normal_form(code_of(t)) == form for t in targets)
+
+    return Anchor(f"assignment to `{target}`", test)
+
+
+def if_test(code: str) -> Anchor:
+    """An ``if`` (or ``elif``) whose condition is ``code``."""
+    form = normal_form(code)
+    return Anchor(
+        f"`if {code.strip()}:`",
+        lambda n: isinstance(n, cst.If) and normal_form(code_of(n.test)) == form,
+    )
+
+
+def call(func: str) -> Anchor:
+    """A call expression of ``func`` (dotted name as written)."""
+    form = normal_form(func)
+    return Anchor(
+        f"call of `{func}(...)`",
+        lambda n: isinstance(n, cst.Call) and normal_form(code_of(n.func)) == form,
+    )
+
+
+def defn(name: str) -> Anchor:
+    """A function or class definition named ``name``."""
+    return Anchor(
+        f"definition of `{name}`",
+        lambda n: isinstance(n, (cst.FunctionDef, cst.ClassDef)) and n.name.value == name,
+    )
+
+
+def matching(matcher: m.BaseMatcherNode, description: str) -> Anchor:
+    """Any libcst matcher, for anchors the helpers above cannot say."""
+    return Anchor(description, lambda n: m.matches(n, matcher))
+
+
+class _Collector(cst.CSTVisitor):
+    def __init__(self, anchor: Anchor):
+        self.anchor = anchor
+        self.hits: list[cst.CSTNode] = []
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if self.anchor.test(node):
+            self.hits.append(node)
+        return True
+
+
+def find_all(scope: cst.CSTNode, anchor: Anchor) -> list[cst.CSTNode]:
+    collector = _Collector(anchor)
+    scope.visit(collector)
+    return collector.hits
+
+
+def find_one(
+    module: cst.Module, scope: cst.CSTNode, scope_name: str, anchor: Anchor, edit_id: str
+) -> cst.CSTNode:
+    hits = find_all(scope, anchor)
+    if len(hits) == 1:
+        return hits[0]
+    line = lines_of(module)
+    where = f"in {scope_name}" if scope_name else "in the module"
+    if hits:
+        found = f"{len(hits)} matches, at lines {', '.join(str(line(h)) for h in hits)}"
+        raise Conflict(edit_id, f"exactly one {anchor} {where}", found, line(hits[0]))
+    first = code_of(scope).strip().splitlines()[:3] if scope is not module else []
+    nearby = " | ".join(s.strip() for s in first)
+    raise Conflict(
+        edit_id,
+        f"{anchor} {where}",
+        f"no such code{'; the scope starts: ' + nearby if nearby else ''}",
+        line(scope) if scope is not module else None,
+    )
+
+
+class ParentMap(cst.CSTVisitor):
+    """Parent of every node, by identity."""
+
+    def __init__(self, root: cst.CSTNode):
+        self.parent: dict[int, cst.CSTNode] = {}
+        self._stack: list[cst.CSTNode] = []
+        root.visit(self)
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if self._stack:
+            self.parent[id(node)] = self._stack[-1]
+        self._stack.append(node)
+        return True
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        self._stack.pop()
+
+    def of(self, node: cst.CSTNode) -> cst.CSTNode:
+        return self.parent[id(node)]
+
+
+def enclosing_block(root: cst.CSTNode, node: cst.CSTNode) -> cst.CSTNode:
+    """The Module or IndentedBlock whose ``body`` lists ``node``."""
+    parents = ParentMap(root)
+    block = parents.of(node)
+    if not isinstance(block, (cst.Module, cst.IndentedBlock)):
+        raise TypeError(f"{type(node).__name__} is not a statement in a block")
+    return block

@@ -1,0 +1,110 @@
+"""Results as data (for ``--json``) and as terminal tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .engine import SeriesPlan, SeriesResult, Unit
+
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_STYLE = {
+    "applied": "green",
+    "already applied": "green",
+    "would apply": "cyan",
+    "not applied": "yellow",
+    "partly applied": "yellow",
+    "conflict": "red",
+    "conflicting": "red",
+    "skipped": "dim",
+}
+
+
+def conflict_data(unit: Unit) -> dict[str, Any]:
+    c = unit.conflict
+    return {"file": unit.file, "line": c.line, "edit": unit.id, "expected": c.expected, "found": c.found}
+
+
+def conflict_text(series_number: int, unit: Unit) -> str:
+    c = unit.conflict
+    where = f"{unit.file}:{c.line}" if c.line else unit.file
+    return f"series {series_number}, edit {unit.id}, {where}: expected {c.expected}; found {c.found}"
+
+
+def plan_data(plan: SeriesPlan) -> dict[str, Any]:
+    s = plan.series
+    return {
+        "series": s.number,
+        "name": s.name,
+        "title": s.title,
+        "state": plan.state,
+        "units": [{"file": u.file, "edit": u.id, "state": u.state} for u in plan.units],
+        "conflicts": [conflict_data(u) for u in plan.conflicts],
+    }
+
+
+def result_data(result: SeriesResult) -> dict[str, Any]:
+    s = result.series
+    data: dict[str, Any] = {"series": s.number, "name": s.name, "title": s.title, "outcome": result.outcome}
+    if result.plan is not None:
+        data["files"] = sorted(result.plan.changes)
+        data["conflicts"] = [conflict_data(u) for u in result.plan.conflicts]
+    if result.commit:
+        data["commit"] = result.commit
+    if result.reason:
+        data["reason"] = result.reason
+    return data
+
+
+def error(text: str) -> None:
+    errors.print(f"[red]error:[/] {escape(text)}")
+
+
+def warn(text: str) -> None:
+    errors.print(f"[yellow]warning:[/] {escape(text)}")
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def table(*columns: str) -> Table:
+    grid = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in columns:
+        grid.add_column(column)
+    return grid
+
+
+def _styled(word: str) -> str:
+    return f"[{_STYLE.get(word, '')}]{word}[/]" if word in _STYLE else word
+
+
+def show_status(plans: list[SeriesPlan]) -> None:
+    grid = table("#", "series", "state", "edits applied", "title")
+    for plan in plans:
+        done = sum(u.state == "applied" for u in plan.units)
+        grid.add_row(str(plan.series.number), plan.series.slug, _styled(plan.state), f"{done}/{len(plan.units)}", plan.series.title)
+    console.print(grid)
+    for plan in plans:
+        for unit in plan.conflicts:
+            errors.print(f"[red]conflict[/] {escape(conflict_text(plan.series.number, unit))}")
+
+
+def show_results(results: list[SeriesResult]) -> None:
+    grid = table("#", "series", "outcome", "files", "commit")
+    for r in results:
+        files = len(r.plan.changes) if r.plan is not None else 0
+        grid.add_row(str(r.series.number), r.series.slug, _styled(r.outcome), str(files), (r.commit or "")[:12])
+    console.print(grid)
+    for r in results:
+        if r.plan is not None:
+            for unit in r.plan.conflicts:
+                errors.print(f"[red]conflict[/] {escape(conflict_text(r.series.number, unit))}")
