@@ -33,3 +33,23 @@ __all__ = [
     "matching",
     "stmt",
 ]
+
+# Other formats: YAML workflows, TOML, Dockerfiles.
+from .dockerfile import AddArg, Instruction, InsertInstructions, ReplaceInstruction  # noqa: E402
+from .tomldoc import AddArrayItem, SetValue  # noqa: E402
+from .yamldoc import AddCondition, AddJob, AppendToList, MergeMapping, SetEntry, from_yaml  # noqa: E402
+
+__all__ += [
+    "AddArg",
+    "AddArrayItem",
+    "AddCondition",
+    "AddJob",
+    "AppendToList",
+    "Instruction",
+    "InsertInstructions",
+    "MergeMapping",
+    "ReplaceInstruction",
+    "SetEntry",
+    "SetValue",
+    "from_yaml",
+]

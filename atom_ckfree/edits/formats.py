@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import io
 from typing import Any, Callable, NamedTuple
 
@@ -39,6 +40,24 @@ def _yaml() -> YAML:
     return yaml
 
 
+def _keep_original_whitespace(original: str, rendered: str) -> str:
+    """ruamel re-emits whitespace-only lines inside block scalars (``run: |``) without
+    their spaces. Where a rendered line differs from the original only in trailing
+    whitespace, and the two texts line up there, the original line is kept: every line
+    an edit did not touch comes back byte for byte."""
+    old, new = original.splitlines(keepends=True), rendered.splitlines(keepends=True)
+    matcher = difflib.SequenceMatcher(
+        None, [line.rstrip() for line in old], [line.rstrip() for line in new], autojunk=False
+    )
+    out: list[str] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        out.extend(old[i1:i2] if tag == "equal" else new[j1:j2])
+    for i in range(len(out) - 1):  # an original last line without newline, now followed
+        if not out[i].endswith("\n"):
+            out[i] += "\n"
+    return "".join(out)
+
+
 def _yaml_parse(text: str) -> Any:
     return _yaml().load(text)
 
@@ -51,7 +70,7 @@ def _yaml_render(doc: Any) -> str:
 
 FORMATS: dict[str, Format] = {
     "python": Format(cst.parse_module, lambda module: module.code, _black_like_the_original),
-    "yaml": Format(_yaml_parse, _yaml_render),
+    "yaml": Format(_yaml_parse, _yaml_render, _keep_original_whitespace),
     "toml": Format(tomlkit.parse, tomlkit.dumps),
     "text": Format(str, str),
 }

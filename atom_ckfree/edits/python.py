@@ -106,7 +106,7 @@ class InsertStatements(PythonEdit):
             return module, False
         self._refuse_redefinition(module, block)
         body = list(block.body)
-        body[anchor_index:anchor_index] = self.payload
+        body[anchor_index:anchor_index] = _spaced(self.payload, block, anchor_index)
         return module.deep_replace(block, _with_body(block, body)), True
 
     def _refuse_redefinition(self, module, block):
@@ -121,6 +121,20 @@ class InsertStatements(PythonEdit):
                         f"no definition of `{new.name.value}` yet",
                         "a different definition of that name",
                     )
+
+
+def _spaced(payload: list, block, index: int) -> list:
+    """Blank lines before inserted definitions, as PEP 8 has them (two at module
+    level, one inside a class or function), unless they start the block."""
+    if index == 0:
+        return payload
+    blank = [cst.EmptyLine(indent=False)] * (2 if isinstance(block, cst.Module) else 1)
+    return [
+        s.with_changes(leading_lines=blank)
+        if isinstance(s, (cst.FunctionDef, cst.ClassDef)) and not s.leading_lines
+        else s
+        for s in payload
+    ]
 
 
 def _is_docstring(stmt: cst.CSTNode) -> bool:
@@ -229,23 +243,25 @@ class SetDictEntry(PythonEdit):
                 elements[i] = element.with_changes(value=value)
                 break
         else:
-            elements.append(cst.DictElement(cst.parse_expression(self.key), value))
-            elements = _separate(elements)
+            elements = _append(elements, [cst.DictElement(cst.parse_expression(self.key), value)])
         return module.deep_replace(mapping, mapping.with_changes(elements=elements)), True
 
 
-def _separate(elements: list) -> list:
-    """Commas between elements, shaped like the list's existing ones; the last
-    element keeps whatever it had (a trailing comma or none)."""
+def _append(elements: list, new: list) -> list:
+    """``elements + new`` with commas shaped like the list's own: separators copy
+    the existing separator, and a trailing comma (with its line break) moves to
+    the new last element."""
+    if not elements:
+        return _append(new[:1], new[1:]) if new else []
     shape = next(
         (e.comma for e in elements[:-1] if isinstance(e.comma, cst.Comma)),
         cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")),
     )
-    out = [
-        e.with_changes(comma=shape) if e.comma is cst.MaybeSentinel.DEFAULT else e
-        for e in elements[:-1]
+    trailing = elements[-1].comma
+    joined = [e.with_changes(comma=shape) for e in elements] + [
+        e.with_changes(comma=shape) for e in new[:-1]
     ]
-    return out + elements[-1:]
+    return joined + [new[-1].with_changes(comma=trailing)]
 
 
 class AddImport(PythonEdit):
@@ -269,8 +285,7 @@ class AddImport(PythonEdit):
             missing = [n for n in self.names if n not in have]
             if not missing:
                 return module, False
-            names = list(node.names) + [cst.ImportAlias(cst.Name(n)) for n in missing]
-            names = _separate([a.with_changes(comma=cst.MaybeSentinel.DEFAULT) for a in names])
+            names = _append(list(node.names), [cst.ImportAlias(cst.Name(n)) for n in missing])
             return module.deep_replace(node, node.with_changes(names=names)), True
         return self._insert(module, f"from {self.module} import {', '.join(self.names)}"), True
 
@@ -335,7 +350,7 @@ class ReplaceArgument(PythonEdit):
                         cst.SimpleWhitespace(""), cst.SimpleWhitespace("")
                     ),
                 )
-                args = _separate(args + [new])
+                args = _append(args, [new])
                 return module.deep_replace(node, node.with_changes(args=args)), True
         else:
             positional = [i for i, a in enumerate(args) if a.keyword is None and not a.star]

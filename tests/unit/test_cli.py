@@ -1,0 +1,235 @@
+"""The apply/status/list verbs on a miniature ATOM and a miniature set of series."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from atom_ckfree.cli import main
+
+MODULE = """\
+class Engine:
+    def step(self, batch):
+        if batch.kind == "prefill":
+            mode = 1
+        return mode
+"""
+
+SERIES_1 = """\
+number = 1
+slug = "first"
+title = "Give step a default mode"
+depends_on = []
+description = "The default."
+overlay = ["atom/extra.py"]
+
+[edits]
+"atom/engine.py" = "engine.py"
+"""
+
+EDITS_1 = """\
+from atom_ckfree.edits import AddElse, if_test
+
+EDITS = [
+    AddElse("engine.default-mode", "Engine.step", if_test('batch.kind == "prefill"'), "mode = 0"),
+]
+"""
+
+SERIES_2 = """\
+number = 2
+slug = "second"
+title = "Log the mode"
+depends_on = [1]
+description = "Logging."
+
+[edits]
+"atom/engine.py" = "engine.py"
+"""
+
+EDITS_2 = """\
+from atom_ckfree.edits import InsertStatements, stmt
+
+EDITS = [
+    InsertStatements("engine.log", "Engine.step", "print(mode)", before=stmt("return mode")),
+]
+"""
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "project"
+    for folder, manifest, edits in (("01-first", SERIES_1, EDITS_1), ("02-second", SERIES_2, EDITS_2)):
+        (root / "patches" / folder).mkdir(parents=True)
+        (root / "patches" / folder / "series.toml").write_text(manifest)
+        (root / "patches" / folder / "engine.py").write_text(edits)
+    (root / "overlay" / "atom").mkdir(parents=True)
+    (root / "overlay" / "atom" / "extra.py").write_text("EXTRA = 1\n")
+    monkeypatch.setenv("ATOM_CKFREE_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
+def atom(tmp_path) -> Path:
+    tree = tmp_path / "atom-tree"
+    (tree / "atom").mkdir(parents=True)
+    (tree / "atom" / "__init__.py").write_text("")
+    (tree / "atom" / "engine.py").write_text(MODULE)
+    (tree / "pyproject.toml").write_text('[project]\nname = "atom"\n')
+    git(tree, "init", "-q")
+    git(tree, "add", "-A")
+    git(tree, "commit", "-qm", "base")
+    return tree
+
+
+def snapshot(tree: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(tree)): p.read_text()
+        for p in sorted(tree.rglob("*"))
+        if p.is_file() and ".git" not in p.parts
+    }
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_apply_then_reapply_is_a_noop(project, atom, capsys):
+    code, out, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["series"][0]["outcome"] == "applied"
+    assert report["series"][0]["files"] == ["atom/engine.py", "atom/extra.py"]
+    assert "        else:\n            mode = 0\n" in (atom / "atom" / "engine.py").read_text()
+    assert (atom / "atom" / "extra.py").read_text() == "EXTRA = 1\n"
+
+    before = snapshot(atom)
+    code, out, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--json")
+    assert code == 0 and json.loads(out)["series"][0]["outcome"] == "already applied"
+    assert snapshot(atom) == before
+
+
+def test_status_reports_each_state(project, atom, capsys):
+    code, out, _ = cli(capsys, "status", "--atom", str(atom), "--json")
+    assert [s["state"] for s in json.loads(out)["series"]] == ["not applied", "not applied"]
+    cli(capsys, "apply", "--atom", str(atom), "--series", "1")
+    (atom / "atom" / "extra.py").unlink()
+    code, out, _ = cli(capsys, "status", "--atom", str(atom), "--json")
+    assert json.loads(out)["series"][0]["state"] == "partly applied"
+
+
+def test_dry_run_prints_the_diff_and_writes_nothing(project, atom, capsys):
+    before = snapshot(atom)
+    code, out, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1-2", "--dry-run")
+    assert code == 0
+    assert "+        else:" in out and "+        print(mode)" in out and "+EXTRA = 1" in out
+    assert snapshot(atom) == before
+
+
+def test_commit_makes_one_commit_per_series(project, atom, capsys, monkeypatch):
+    code, _, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "all", "--commit")
+    assert code == 0
+    log = git(atom, "log", "--format=%B%x00", "-2").split("\0")
+    assert log[0].strip().startswith("[CK-free 2/2] Log the mode")
+    assert log[1].strip().startswith("[CK-free 1/2] Give step a default mode\n\nThe default.")
+    assert git(atom, "status", "--porcelain") == ""
+
+
+def test_missing_dependency_is_refused_before_anything_changes(project, atom, capsys):
+    before = snapshot(atom)
+    code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", "2")
+    assert code == 2
+    assert "series 2 (second) needs series 1" in err and "--series 1,2" in err
+    assert snapshot(atom) == before
+
+
+def test_dependency_already_applied_is_enough(project, atom, capsys):
+    cli(capsys, "apply", "--atom", str(atom), "--series", "1")
+    code, _, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "2")
+    assert code == 0
+    assert "print(mode)" in (atom / "atom" / "engine.py").read_text()
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("3", "unknown series 3"), ("1,1", "given twice"), ("x", "cannot read series"), ("2-1", "empty series range")],
+)
+def test_bad_series_selection(project, atom, capsys, spec, message):
+    code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", spec)
+    assert code == 2 and message in err
+
+
+def test_not_an_atom_tree(project, tmp_path, capsys):
+    code, _, err = cli(capsys, "apply", "--atom", str(tmp_path))
+    assert code == 2 and "not an ATOM source tree" in err
+    code, _, err = cli(capsys, "status", "--atom", str(tmp_path / "missing"))
+    assert code == 2 and "no such directory" in err
+
+
+def test_dirty_tree_is_refused_unless_allowed(project, atom, capsys):
+    (atom / "notes.txt").write_text("mine\n")
+    code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", "1")
+    assert code == 2 and "uncommitted changes: notes.txt" in err and "--allow-dirty" in err
+    assert "else" not in (atom / "atom" / "engine.py").read_text()
+    code, _, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--allow-dirty")
+    assert code == 0
+
+
+def test_conflict_names_series_edit_file_line_and_leaves_the_tree(project, atom, capsys):
+    source = (atom / "atom" / "engine.py").read_text().replace("def step", "def step_v2")
+    (atom / "atom" / "engine.py").write_text(source)
+    git(atom, "commit", "-qam", "upstream renamed step")
+    before = snapshot(atom)
+    code, out, err = cli(capsys, "apply", "--atom", str(atom), "--series", "1-2", "--json")
+    assert code == 1
+    result = json.loads(out)["series"]
+    assert [r["outcome"] for r in result] == ["conflict", "skipped"]
+    conflict = result[0]["conflicts"][0]
+    assert conflict["file"] == "atom/engine.py" and conflict["line"] == 1
+    assert conflict["edit"] == "engine.default-mode" and "step_v2" in conflict["found"]
+    assert snapshot(atom) == before
+    code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", "1")
+    assert "series 1, edit engine.default-mode, atom/engine.py:1" in err
+
+
+def test_overlay_file_with_other_content_is_a_conflict(project, atom, capsys):
+    (atom / "atom" / "extra.py").write_text("MINE = 1\n")
+    git(atom, "add", "-A")
+    git(atom, "commit", "-qm", "mine")
+    code, out, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--json")
+    assert code == 1
+    assert (atom / "atom" / "extra.py").read_text() == "MINE = 1\n"
+    assert "else" not in (atom / "atom" / "engine.py").read_text()
+
+
+def test_failed_commit_undoes_the_series(project, atom, capsys, monkeypatch):
+    hook = atom / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho refused by hook >&2\nexit 1\n")
+    hook.chmod(0o755)
+    before = snapshot(atom)
+    code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--commit")
+    assert code == 2 and "failed and was undone" in err and "refused by hook" in err
+    assert snapshot(atom) == before
+    assert not (atom / "atom" / "extra.py").exists()
+
+
+def test_list_shows_dependencies(project, capsys):
+    code, out, _ = cli(capsys, "list", "--json")
+    data = json.loads(out)
+    assert [(s["series"], s["depends_on"]) for s in data] == [(1, []), (2, [1])]
+
+
+def test_console_script_entry_point_is_the_same_main():
+    text = Path(__file__).resolve().parents[2].joinpath("tools", "apply_patches.py").read_text()
+    assert "from atom_ckfree.cli import main" in text
+    pyproject = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
+    assert 'apply-patches = "atom_ckfree.cli:main"' in textwrap.dedent(pyproject)
