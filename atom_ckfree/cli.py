@@ -7,10 +7,13 @@ Exit codes: 0 success; 1 a series conflicts (nothing of it was written);
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from . import DEFAULT_UPSTREAM, PIN, engine, report, upstream
+from . import DEFAULT_UPSTREAM, PIN, engine, export, report, sweep, upstream, verify
+from rich.markup import escape
+
 from .errors import UserError
 from .series import load_all, select
 from .workspace import AtomTree
@@ -97,6 +100,107 @@ def cmd_checkout(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    tree = AtomTree(args.atom)
+    all_series = load_all()
+    name, _, email = args.author.partition("<")
+    stack = export.export(
+        tree,
+        select(args.series, all_series),
+        all_series,
+        Path(args.out),
+        base=args.base,
+        pr_base=args.pr_base,
+        author=(name.strip(), email.rstrip(">").strip()),
+        push=args.push,
+        progress=lambda s: report.errors.print(f"[dim]branch {export.branch_name(s)} …[/]"),
+    )
+    commands = [
+        f"gh pr create --base {e.base_branch} --head {e.branch} "
+        f'--title "{e.series.title}" --body-file {e.body}'
+        for e in stack
+    ]
+    if args.json:
+        report.print_json(
+            [
+                {
+                    "series": e.series.number,
+                    "branch": e.branch,
+                    "base": e.base_branch,
+                    "commit": e.commit,
+                    "moved": e.moved,
+                    "carries": [s.number for s in e.extra],
+                    "body": str(e.body),
+                    "patches": [str(p) for p in e.patches],
+                    "gh": command,
+                }
+                for e, command in zip(stack, commands)
+            ]
+        )
+        return 0
+    grid = report.table("#", "branch", "on", "commit", "moved")
+    for e in stack:
+        grid.add_row(str(e.series.number), e.branch, e.base_branch, e.commit[:12], "yes" if e.moved else "no")
+    report.console.print(grid)
+    report.console.print("\nOpen the PRs in this order:")
+    for command in commands:
+        report.console.print(command, markup=False)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    repo = upstream.cache_repo()
+    if not args.offline:
+        upstream.update_cache(args.upstream or DEFAULT_UPSTREAM)
+    if args.range:
+        start, _, end = args.range.partition("..")
+        ends = [upstream.resolve(start), upstream.resolve(end or "main")]
+        if None in ends:
+            raise UserError(f"{args.range}: not a range of cached upstream commits", "write A..B with commits or branches")
+        commits = sweep.sample(repo, ends[0], ends[1], args.every)
+    else:
+        sha = upstream.resolve(args.ref)
+        if sha is None:
+            raise UserError(f"{args.ref} is not in the upstream cache", "fetch it (--upstream) or check --ref")
+        commits = [sha]
+    checks = tuple(args.checks.split(",")) if args.checks else (
+        ("compile", "lint", "style") if args.range else verify.CHECKS
+    )
+    unknown = set(checks) - set(verify.CHECKS)
+    if unknown:
+        raise UserError(f"unknown checks {sorted(unknown)}", f"choose from {','.join(verify.CHECKS)}")
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read baseline {args.baseline}: {error}", "give a report written by sweep --json") from error
+    reports = sweep.sweep(
+        repo,
+        commits,
+        load_all(),
+        checks,
+        pin=None if args.no_3way else PIN,
+        progress=lambda i, n, c: report.errors.print(f"[dim]sweep {i}/{n}: {c[:12]} …[/]"),
+    )
+    rows = sweep.survival(reports) if args.range else None
+    data = {"checks": list(checks), "commits": [r.data() for r in reports]}
+    if rows:
+        data["survival"] = rows
+    if args.markdown:
+        Path(args.markdown).write_text(report.sweep_markdown(reports, rows))
+    if args.json:
+        report.print_json(data)
+    else:
+        report.show_sweep(reports, rows)
+    if baseline is not None:
+        worse = sweep.worse_than(reports, baseline)
+        for line in worse:
+            report.errors.print(f"[red]worse:[/] {escape(line)}")
+        return 1 if worse else 0
+    return 0 if all(v.verdict in sweep.GOOD for v in reports[-1].verdicts) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apply-patches", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -123,6 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="a new or empty directory")
     p.add_argument("--upstream", help=f"URL or local git directory of ATOM (default: the cache, else {DEFAULT_UPSTREAM})")
     p.add_argument("--ref", default=PIN, help="commit, branch or tag (default: the pin)")
+    p = verb("export", cmd_export, "build the stacked PR branches ck-free/NN-slug, PR bodies and patches")
+    p.add_argument("--atom", required=True, help="a clean ATOM work tree (its repository gets the branches)")
+    p.add_argument("--series", default="all", help="which series (default all)")
+    p.add_argument("--base", default="HEAD", help="the commit the stack starts from (default HEAD)")
+    p.add_argument("--pr-base", default="main", help="upstream branch the first PRs target (default main)")
+    p.add_argument("--out", default="ck-free-export", help="folder for PR bodies and patches")
+    p.add_argument(
+        "--author",
+        default="atom-ckfree <atom-ckfree@users.noreply.github.com>",
+        help='author and committer of the commits, "Name <email>"',
+    )
+    p.add_argument("--push", metavar="REMOTE", help="push the branches to REMOTE (--force-with-lease)")
+    p = verb("sweep", cmd_sweep, "apply every series onto upstream in a scratch tree and verify the result")
+    p.add_argument("--upstream", help=f"URL or git directory to fetch first (default {DEFAULT_UPSTREAM})")
+    p.add_argument("--offline", action="store_true", help="use the cache as it is; fetch nothing")
+    p.add_argument("--ref", default="main", help="the upstream commit to sweep onto (default: newest main)")
+    p.add_argument("--range", help="A..B: sweep a span of upstream history (first-parent)")
+    p.add_argument("--every", type=int, default=25, help="with --range: every Nth commit (default 25)")
+    p.add_argument("--checks", help=f"comma list of {','.join(verify.CHECKS)} (default: all; with --range no tests)")
+    p.add_argument("--baseline", help="an earlier sweep --json report; exit 1 only if something got worse")
+    p.add_argument("--markdown", help="also write the report as markdown to this file")
+    p.add_argument("--no-3way", action="store_true", help="skip the git apply --3way comparison")
     return parser
 
 

@@ -176,7 +176,7 @@ def apply(
             staged.update(changes)
             results.append(SeriesResult(series, "would apply", plan))
             continue
-        sha = _write(tree, plan, commit, len(all_series))
+        sha = write(tree, plan, commit, len(all_series))
         results.append(SeriesResult(series, "applied", plan, commit=sha))
     return results
 
@@ -204,7 +204,7 @@ def _check_clean(tree: AtomTree, current: dict[int, SeriesPlan]) -> None:
         )
 
 
-def _write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | None:
+def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | None:
     written: list[str] = []
     made: list[Path] = []
     try:

@@ -108,3 +108,78 @@ def show_results(results: list[SeriesResult]) -> None:
         if r.plan is not None:
             for unit in r.plan.conflicts:
                 errors.print(f"[red]conflict[/] {escape(conflict_text(r.series.number, unit))}")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def sweep_markdown(reports, rows: list[dict] | None) -> str:
+    """The sweep for an issue or a job summary."""
+    last = reports[-1]
+    lines = [
+        f"## atom-ckfree sweep onto ATOM `{last.commit[:12]}` ({last.date}): {_cell(last.subject)}",
+        "",
+        "| # | series | verdict | already upstream | `git apply --3way` | details |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in last.verdicts:
+        three = {True: "applies", False: "fails", None: "–"}[v.three_way]
+        detail = "<br>".join(_cell(d) for d in v.details[:5]) + (" …" if len(v.details) > 5 else "")
+        if v.culprit:
+            detail += f"<br>broken by upstream `{v.culprit[:12]}`"
+        lines.append(
+            f"| {v.series} | {v.name} | **{v.verdict}** | {len(v.upstream_edits)} edits | {three} | {detail} |"
+        )
+    if rows:
+        lines += [
+            "",
+            f"### History: {len(reports)} upstream commits sampled, "
+            f"`{reports[0].commit[:12]}` ({reports[0].date}) to `{last.commit[:12]}` ({last.date})",
+            "",
+            "| # | series | good samples | first break (semantic) | culprit | `--3way` good samples | first break (`--3way`) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        dates = {r.commit: r.date for r in reports}
+        for row in rows:
+            brk = row["first_break"]
+            brk3 = row["three_way_first_break"]
+            lines.append(
+                f"| {row['series']} | {row['name']} | {row['good_samples']}/{row['samples']} | "
+                + (f"`{brk[:12]}` ({dates[brk]}, {row['first_break_verdict']})" if brk else "never")
+                + f" | {('`' + row['culprit'][:12] + '`') if row['culprit'] else '–'} | "
+                + f"{row['three_way_good_samples']}/{row['samples']} | "
+                + (f"`{brk3[:12]}` ({dates[brk3]})" if brk3 else "never")
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def show_sweep(reports, rows: list[dict] | None) -> None:
+    last = reports[-1]
+    console.print(f"ATOM {last.commit[:12]} ({last.date}) {escape(last.subject)}")
+    grid = table("#", "series", "verdict", "upstream", "--3way", "first problem")
+    for v in last.verdicts:
+        first = v.details[0] if v.details else ""
+        grid.add_row(
+            str(v.series),
+            v.name,
+            v.verdict,
+            str(len(v.upstream_edits)),
+            {True: "applies", False: "fails", None: "-"}[v.three_way],
+            escape(first[:100]),
+        )
+    console.print(grid)
+    if rows:
+        grid = table("#", "series", "good", "first break", "culprit", "--3way good", "--3way break")
+        for row in rows:
+            grid.add_row(
+                str(row["series"]),
+                row["name"],
+                f"{row['good_samples']}/{row['samples']}",
+                (row["first_break"] or "never")[:12],
+                (row["culprit"] or "-")[:12],
+                f"{row['three_way_good_samples']}/{row['samples']}",
+                (row["three_way_first_break"] or "never")[:12],
+            )
+        console.print(grid)

@@ -19,7 +19,7 @@ from . import DEFAULT_UPSTREAM, PIN
 from .errors import UserError
 from .workspace import git
 
-CHECKOUT_BRANCH = "ck-free"
+CHECKOUT_BRANCH = "ck-free-base"
 
 
 def cache_repo() -> Path:
@@ -71,7 +71,7 @@ def resolve(ref: str, repo: Path | None = None) -> str | None:
 
 
 def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
-    """A clean ATOM work tree at ``ref`` in ``dest`` (new or empty), on branch ``ck-free``."""
+    """A clean ATOM work tree at ``ref`` in ``dest`` (new or empty), on branch ``ck-free-base``."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"{dest} exists and is not empty", "choose a new directory for the checkout")

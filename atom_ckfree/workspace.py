@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from .errors import UserError
 
 
-def git(cwd: Path | str, *args: str, check: bool = True, strip: bool = True) -> str:
+def git(
+    cwd: Path | str, *args: str, check: bool = True, strip: bool = True, env: dict | None = None
+) -> str:
     result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env} if env else None,
     )
     if check and result.returncode != 0:
         raise subprocess.CalledProcessError(
@@ -22,8 +29,9 @@ def git(cwd: Path | str, *args: str, check: bool = True, strip: bool = True) -> 
 class AtomTree:
     """A git work tree whose top holds ATOM (``atom/`` package, project ``atom``)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, commit_env: dict | None = None):
         self.path = Path(path).resolve()
+        self.commit_env = commit_env  # e.g. a fixed identity and date for exports
         if not self.path.is_dir():
             raise UserError(f"{path}: no such directory", "give --atom the path of an ATOM clone")
         if not (self.path / "atom" / "__init__.py").is_file() or not (
@@ -57,5 +65,5 @@ class AtomTree:
 
     def commit(self, paths: list[str], message: str) -> str:
         git(self.path, "add", "--", *paths)
-        git(self.path, "commit", "-q", "-m", message, "--", *paths)
+        git(self.path, "commit", "-q", "-m", message, "--", *paths, env=self.commit_env)
         return self.head()

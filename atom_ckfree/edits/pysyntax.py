@@ -30,7 +30,13 @@ def normal_form(code: str) -> str:
     try:
         return ast.dump(ast.parse(code, mode="eval"))
     except SyntaxError:
+        pass
+    try:
         return ast.dump(ast.parse(code))
+    except SyntaxError:
+        # an expression that black split over lines outside brackets
+        # (``lambda: f(...)\n    == "1"`` as a dict value)
+        return ast.dump(ast.parse(f"({code})", mode="eval"))
 
 
 def same_code(node: cst.CSTNode, code: str) -> bool:
@@ -125,6 +131,7 @@ class Anchor:
 
     description: str
     test: Callable[[cst.CSTNode], bool]
+    code: str = ""  # what to look for similar code with, when it is not found
 
     def __str__(self) -> str:
         return self.description
@@ -136,6 +143,7 @@ def stmt(code: str) -> Anchor:
     return Anchor(
         f"statement `{code.strip()}`",
         lambda n: isinstance(n, cst.SimpleStatementLine) and _stmt_form(n) == form,
+        code.strip(),
     )
 
 
@@ -155,7 +163,7 @@ def assign(target: str) -> Anchor:
             return False
         return any(normal_form(code_of(t)) == form for t in targets)
 
-    return Anchor(f"assignment to `{target}`", test)
+    return Anchor(f"assignment to `{target}`", test, f"{target} =")
 
 
 def if_test(code: str) -> Anchor:
@@ -164,6 +172,7 @@ def if_test(code: str) -> Anchor:
     return Anchor(
         f"`if {code.strip()}:`",
         lambda n: isinstance(n, cst.If) and normal_form(code_of(n.test)) == form,
+        f"if {code.strip()}:",
     )
 
 
@@ -173,6 +182,7 @@ def call(func: str) -> Anchor:
     return Anchor(
         f"call of `{func}(...)`",
         lambda n: isinstance(n, cst.Call) and normal_form(code_of(n.func)) == form,
+        f"{func}(",
     )
 
 
@@ -217,6 +227,10 @@ def find_one(
     if hits:
         found = f"{len(hits)} matches, at lines {', '.join(str(line(h)) for h in hits)}"
         raise Conflict(edit_id, f"exactly one {anchor} {where}", found, line(hits[0]))
+    close = _closest(scope, anchor.code) if anchor.code else None
+    if close is not None:
+        text = _first_line(close)
+        raise Conflict(edit_id, f"{anchor} {where}", f"no such code; closest is `{text}`", line(close))
     first = code_of(scope).strip().splitlines()[:3] if scope is not module else []
     nearby = " | ".join(s.strip() for s in first)
     raise Conflict(
@@ -225,6 +239,28 @@ def find_one(
         f"no such code{'; the scope starts: ' + nearby if nearby else ''}",
         line(scope) if scope is not module else None,
     )
+
+
+_STATEMENTS = (cst.SimpleStatementLine, cst.BaseCompoundStatement)
+
+
+def _first_line(node: cst.CSTNode) -> str:
+    """The node's first line of code, without the comments above it."""
+    lines = (line.strip() for line in code_of(node).splitlines())
+    return next((line for line in lines if line and not line.startswith("#")), "")
+
+
+def _closest(scope: cst.CSTNode, code: str, cutoff: float = 0.6) -> cst.CSTNode | None:
+    """The statement in ``scope`` whose first line reads most like ``code``."""
+    best, best_ratio = None, cutoff
+    for node in find_all(scope, Anchor("statement", lambda n: isinstance(n, _STATEMENTS))):
+        first = _first_line(node)
+        if not first:
+            continue
+        ratio = difflib.SequenceMatcher(None, first, code).ratio()
+        if ratio > best_ratio:
+            best, best_ratio = node, ratio
+    return best
 
 
 class ParentMap(cst.CSTVisitor):

@@ -27,23 +27,35 @@ from .pysyntax import (
 
 
 class PythonEdit(Edit):
+    """``present_if``: an anchor that, found in the scope, shows the change's effect is
+    already there in another form (upstream fixed it its own way): nothing to do."""
+
     format = "python"
 
-    def __init__(self, id: str, scope: str = ""):
+    def __init__(self, id: str, scope: str = "", present_if: Anchor | None = None):
         super().__init__(id)
         self.scope = scope
+        self.present_if = present_if
 
     def apply(self, doc: cst.Module) -> tuple[cst.Module, bool]:
         scope = find_scope(doc, self.scope, self.id)
+        if self.present_if is not None and find_all(scope, self.present_if):
+            return doc, False
         return self.apply_in(doc, scope)
 
-    def apply_in(self, module: cst.Module, scope: cst.CSTNode) -> tuple[cst.Module, bool]:
+    def apply_in(
+        self, module: cst.Module, scope: cst.CSTNode
+    ) -> tuple[cst.Module, bool]:
         raise NotImplementedError
 
-    def find(self, module: cst.Module, scope: cst.CSTNode, anchor: Anchor) -> cst.CSTNode:
+    def find(
+        self, module: cst.Module, scope: cst.CSTNode, anchor: Anchor
+    ) -> cst.CSTNode:
         return find_one(module, scope, self.scope, anchor, self.id)
 
-    def conflict(self, module: cst.Module, node: cst.CSTNode, expected: str, found: str):
+    def conflict(
+        self, module: cst.Module, node: cst.CSTNode, expected: str, found: str
+    ):
         return Conflict(self.id, expected, found, lines_of(module)(node))
 
 
@@ -78,8 +90,9 @@ class InsertStatements(PythonEdit):
         after: Anchor | None = None,
         before: Anchor | None = None,
         at: str | None = None,
+        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope)
+        super().__init__(id, scope, present_if)
         if sum(x is not None for x in (after, before, at)) != 1:
             raise ValueError(f"{id}: give exactly one of after=, before=, at=")
         if at not in (None, "start", "end"):
@@ -130,9 +143,11 @@ def _spaced(payload: list, block, index: int) -> list:
         return payload
     blank = [cst.EmptyLine(indent=False)] * (2 if isinstance(block, cst.Module) else 1)
     return [
-        s.with_changes(leading_lines=blank)
-        if isinstance(s, (cst.FunctionDef, cst.ClassDef)) and not s.leading_lines
-        else s
+        (
+            s.with_changes(leading_lines=blank)
+            if isinstance(s, (cst.FunctionDef, cst.ClassDef)) and not s.leading_lines
+            else s
+        )
         for s in payload
     ]
 
@@ -163,8 +178,16 @@ class ReplaceStatement(PythonEdit):
     """Replace the statement (simple or compound) at ``anchor`` with ``code``.
     Already applied when the anchor is gone and ``code`` stands in the scope."""
 
-    def __init__(self, id: str, scope: str, anchor: Anchor, code: str):
-        super().__init__(id, scope)
+    def __init__(
+        self,
+        id: str,
+        scope: str,
+        anchor: Anchor,
+        code: str,
+        *,
+        present_if: Anchor | None = None,
+    ):
+        super().__init__(id, scope, present_if)
         self.anchor = anchor
         self.payload = parse_statements(code)
 
@@ -198,8 +221,16 @@ def _blocks(scope) -> list[list]:
 class AddElse(PythonEdit):
     """Give an if/elif chain a final ``else:`` with ``code``."""
 
-    def __init__(self, id: str, scope: str, head: Anchor, code: str):
-        super().__init__(id, scope)
+    def __init__(
+        self,
+        id: str,
+        scope: str,
+        head: Anchor,
+        code: str,
+        *,
+        present_if: Anchor | None = None,
+    ):
+        super().__init__(id, scope, present_if)
         self.head = head
         self.payload = parse_statements(code)
 
@@ -224,8 +255,17 @@ class SetDictEntry(PythonEdit):
     """Add ``key: value`` to the dict literal assigned at ``anchor``, or replace
     the value of an existing ``key``."""
 
-    def __init__(self, id: str, scope: str, anchor: Anchor, key: str, value: str):
-        super().__init__(id, scope)
+    def __init__(
+        self,
+        id: str,
+        scope: str,
+        anchor: Anchor,
+        key: str,
+        value: str,
+        *,
+        present_if: Anchor | None = None,
+    ):
+        super().__init__(id, scope, present_if)
         self.anchor, self.key, self.value = anchor, key, value
 
     def apply_in(self, module, scope):
@@ -237,14 +277,21 @@ class SetDictEntry(PythonEdit):
         value = cst.parse_expression(self.value)
         elements = list(mapping.elements)
         for i, element in enumerate(elements):
-            if isinstance(element, cst.DictElement) and same_code(element.key, self.key):
+            if isinstance(element, cst.DictElement) and same_code(
+                element.key, self.key
+            ):
                 if same_code(element.value, self.value):
                     return module, False
                 elements[i] = element.with_changes(value=value)
                 break
         else:
-            elements = _append(elements, [cst.DictElement(cst.parse_expression(self.key), value)])
-        return module.deep_replace(mapping, mapping.with_changes(elements=elements)), True
+            elements = _append(
+                elements, [cst.DictElement(cst.parse_expression(self.key), value)]
+            )
+        return (
+            module.deep_replace(mapping, mapping.with_changes(elements=elements)),
+            True,
+        )
 
 
 def _append(elements: list, new: list) -> list:
@@ -257,10 +304,15 @@ def _append(elements: list, new: list) -> list:
         (e.comma for e in elements[:-1] if isinstance(e.comma, cst.Comma)),
         cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")),
     )
+    if isinstance(shape.whitespace_after, cst.ParenthesizedWhitespace):
+        # the layout of the separator, never the comment lines that follow it
+        shape = shape.with_changes(
+            whitespace_after=shape.whitespace_after.with_changes(empty_lines=())
+        )
     trailing = elements[-1].comma
-    joined = [e.with_changes(comma=shape) for e in elements] + [
-        e.with_changes(comma=shape) for e in new[:-1]
-    ]
+    # existing separators stay as they are (with any comment lines after them)
+    joined = list(elements[:-1]) + [elements[-1].with_changes(comma=shape)]
+    joined += [e.with_changes(comma=shape) for e in new[:-1]]
     return joined + [new[-1].with_changes(comma=trailing)]
 
 
@@ -285,9 +337,14 @@ class AddImport(PythonEdit):
             missing = [n for n in self.names if n not in have]
             if not missing:
                 return module, False
-            names = _append(list(node.names), [cst.ImportAlias(cst.Name(n)) for n in missing])
+            names = _append(
+                list(node.names), [cst.ImportAlias(cst.Name(n)) for n in missing]
+            )
             return module.deep_replace(node, node.with_changes(names=names)), True
-        return self._insert(module, f"from {self.module} import {', '.join(self.names)}"), True
+        return (
+            self._insert(module, f"from {self.module} import {', '.join(self.names)}"),
+            True,
+        )
 
     def _insert(self, module, code):
         body = list(module.body)
@@ -300,7 +357,11 @@ def _import_from(stmt, name: str) -> cst.ImportFrom | None:
     if not isinstance(stmt, cst.SimpleStatementLine):
         return None
     node = stmt.body[0]
-    if isinstance(node, cst.ImportFrom) and node.module and code_of(node.module) == name:
+    if (
+        isinstance(node, cst.ImportFrom)
+        and node.module
+        and code_of(node.module) == name
+    ):
         return node
     return None
 
@@ -327,11 +388,17 @@ class ReplaceArgument(PythonEdit):
         *,
         keyword: str | None = None,
         index: int | None = None,
+        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope)
+        super().__init__(id, scope, present_if)
         if (keyword is None) == (index is None):
             raise ValueError(f"{id}: give exactly one of keyword=, index=")
-        self.anchor, self.value, self.keyword, self.index = anchor, value, keyword, index
+        self.anchor, self.value, self.keyword, self.index = (
+            anchor,
+            value,
+            keyword,
+            index,
+        )
 
     def apply_in(self, module, scope):
         node = self.find(module, scope, self.anchor)
@@ -339,7 +406,11 @@ class ReplaceArgument(PythonEdit):
         value = cst.parse_expression(self.value)
         if self.keyword is not None:
             at = next(
-                (i for i, a in enumerate(args) if a.keyword and a.keyword.value == self.keyword),
+                (
+                    i
+                    for i, a in enumerate(args)
+                    if a.keyword and a.keyword.value == self.keyword
+                ),
                 None,
             )
             if at is None:
@@ -353,7 +424,9 @@ class ReplaceArgument(PythonEdit):
                 args = _append(args, [new])
                 return module.deep_replace(node, node.with_changes(args=args)), True
         else:
-            positional = [i for i, a in enumerate(args) if a.keyword is None and not a.star]
+            positional = [
+                i for i, a in enumerate(args) if a.keyword is None and not a.star
+            ]
             if self.index >= len(positional):
                 raise self.conflict(
                     module,
@@ -373,9 +446,16 @@ class WrapInCondition(PythonEdit):
     code as its else branch when given."""
 
     def __init__(
-        self, id: str, scope: str, anchor: Anchor, condition: str, orelse: str | None = None
+        self,
+        id: str,
+        scope: str,
+        anchor: Anchor,
+        condition: str,
+        orelse: str | None = None,
+        *,
+        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope)
+        super().__init__(id, scope, present_if)
         self.anchor, self.condition = anchor, condition
         self.orelse = parse_statements(orelse) if orelse else None
 
@@ -409,8 +489,16 @@ class RenameName(PythonEdit):
     """Rename every use of ``old`` (names, attributes, imported names) to ``new``
     within the scope."""
 
-    def __init__(self, id: str, scope: str, old: str, new: str):
-        super().__init__(id, scope)
+    def __init__(
+        self,
+        id: str,
+        scope: str,
+        old: str,
+        new: str,
+        *,
+        present_if: Anchor | None = None,
+    ):
+        super().__init__(id, scope, present_if)
         self.old, self.new = old, new
 
     def apply_in(self, module, scope):

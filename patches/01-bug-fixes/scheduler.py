@@ -1,6 +1,6 @@
 """num_rejected is defined on the non-speculative path too."""
 
-from atom_ckfree.edits import InsertStatements, if_test
+from atom_ckfree.edits import InsertStatements, if_test, stmt
 
 EDITS = [
     InsertStatements(
@@ -8,5 +8,7 @@ EDITS = [
         scope="Scheduler.postprocess",
         before=if_test("is_deferred_out or self.use_spec"),
         code="num_rejected = 0",
+        # upstream later gave the non-speculative branch its own `num_rejected = 0`
+        present_if=stmt("num_rejected = 0"),
     ),
 ]

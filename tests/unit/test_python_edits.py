@@ -100,8 +100,9 @@ def test_missing_method_reports_the_class_line_and_what_is_there():
 
 def test_missing_anchor_reports_the_scope_line():
     with pytest.raises(Conflict) as info:
-        run(AddElse("e", "Loader.load", if_test('kind == "z"'), "x = 0"), src(LOADER))
-    assert info.value.line == 2 and 'kind == "z"' in info.value.expected
+        run(AddElse("e", "Loader.load", if_test("nothing.like(this)"), "x = 0"), src(LOADER))
+    assert info.value.line == 2 and "nothing.like(this)" in info.value.expected
+    assert "the scope starts: def load(self, kind, i):" in info.value.found
 
 
 def test_insert_before_and_after_an_anchor():
@@ -305,3 +306,45 @@ def test_scope_looks_through_if_blocks_but_defn_anchor_finds_nested():
     assert changed and "        x = 0\n        return 1" in got
     got, changed = run(ReplaceStatement("r", "", defn("f"), "def f():\n    return 2"), before)
     assert changed and "return 2" in got
+
+
+def test_set_dict_entry_keeps_comments_between_entries():
+    """A comment line between two entries stays where it was, exactly once."""
+    from atom_ckfree.edits import SetDictEntry as _SetDictEntry
+    from atom_ckfree.edits import assign as _assign
+    import libcst as _cst
+
+    src = 'd = {\n    "a": 1,\n    # about b\n    "b": 2,\n}\n'
+    module = _cst.parse_module(src)
+    for key in ('"c"', '"e"'):
+        module, changed = _SetDictEntry(
+            f"t{key}", scope="", anchor=_assign("d"), key=key, value="3"
+        ).apply(module)
+        assert changed
+    assert module.code == (
+        'd = {\n    "a": 1,\n    # about b\n    "b": 2,\n    "c": 3,\n    "e": 3,\n}\n'
+    )
+
+
+def test_normal_form_of_expression_split_over_lines():
+    """black splits a long dict value outside brackets; it still compares by AST."""
+    from atom_ckfree.edits.pysyntax import normal_form as _normal_form
+
+    split = 'lambda: os.getenv("A_LONG_NAME", "0")\n    == "1"'
+    assert _normal_form(split) == _normal_form('lambda: os.getenv("A_LONG_NAME", "0") == "1"')
+
+
+def test_missing_anchor_points_at_the_closest_statement():
+    drifted = src(LOADER).replace('if kind == "a":', 'if kind == "alpha":')
+    with pytest.raises(Conflict) as info:
+        run(AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0"), drifted)
+    assert info.value.line == 4 and 'closest is `if kind == "alpha":`' in info.value.found
+
+
+def test_present_if_recognises_an_upstream_fix_in_another_form():
+    upstream_fixed = src(LOADER).replace("        # pick the shard\n", "        offset = -1\n")
+    edit = AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0", present_if=stmt("offset = -1"))
+    got, changed = run(edit, upstream_fixed)
+    assert not changed and got == upstream_fixed
+    got, changed = run(edit, src(LOADER))
+    assert changed and "else:" in got

@@ -1,0 +1,261 @@
+"""The nightly rebase job: every series onto an upstream commit, verified.
+
+Per series the verdict is ``applied+verified``, ``already upstream`` (each edit finds
+its effect already there), ``drifted`` (an anchor moved or vanished: the conflicts
+say where) or ``verify-failed`` (it applies, and a check then finds something new).
+A range sweep samples upstream history in one reused scratch tree, and for a series
+that drifts between two samples finds the upstream commit that did it by bisecting
+the commits that touched its files (planning reads files straight from git there,
+so bisecting costs no checkout).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import engine, verify
+from .series import Series
+from .workspace import AtomTree, git
+
+GOOD = ("applied+verified", "already upstream")
+_SWEEP_IDENTITY = {
+    "GIT_AUTHOR_NAME": "atom-ckfree sweep",
+    "GIT_AUTHOR_EMAIL": "sweep@atom-ckfree.invalid",
+    "GIT_COMMITTER_NAME": "atom-ckfree sweep",
+    "GIT_COMMITTER_EMAIL": "sweep@atom-ckfree.invalid",
+}
+RANK = {"applied+verified": 0, "already upstream": 0, "verify-failed": 1, "drifted": 2}
+
+
+@dataclass
+class Verdict:
+    series: int
+    name: str
+    verdict: str
+    details: list[str] = field(default_factory=list)
+    upstream_edits: list[str] = field(default_factory=list)  # edits already upstream
+    three_way: bool | None = None  # did the pin-made patch apply with git apply --3way
+    culprit: str | None = None  # the upstream commit that broke it (range sweeps)
+
+    def data(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+
+
+@dataclass
+class CommitReport:
+    commit: str
+    date: str
+    subject: str
+    verdicts: list[Verdict]
+
+    def data(self) -> dict:
+        return {
+            "commit": self.commit,
+            "date": self.date,
+            "subject": self.subject,
+            "series": [v.data() for v in self.verdicts],
+        }
+
+
+def _conflict_lines(plan: engine.SeriesPlan) -> list[str]:
+    return [
+        f"{u.file}:{u.conflict.line or '?'} {u.id}: expected {u.conflict.expected}; found {u.conflict.found}"
+        for u in plan.conflicts
+    ]
+
+
+def git_reader(repo: Path, commit: str) -> engine.Reader:
+    def read(path: str) -> str | None:
+        result = subprocess.run(
+            ["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, text=True
+        )
+        return result.stdout if result.returncode == 0 else None
+
+    return read
+
+
+class Scratch:
+    """One detached worktree of the cache repository, moved from commit to commit."""
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+        self.folder = Path(tempfile.mkdtemp(prefix="ckfree-sweep-"))
+        self.path = self.folder / "atom"
+        self._added = False
+
+    def at(self, commit: str) -> AtomTree:
+        if not self._added:
+            git(self.repo, "worktree", "add", "-q", "--detach", str(self.path), commit)
+            self._added = True
+        else:
+            git(self.path, "checkout", "-q", "-f", "--detach", commit)
+            git(self.path, "clean", "-q", "-fdx")
+        return AtomTree(self.path)
+
+    def close(self) -> None:
+        if self._added:
+            git(self.repo, "worktree", "remove", "--force", str(self.path), check=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def pin_patches(scratch: Scratch, pin: str, all_series: list[Series]) -> dict[int, str]:
+    """Each series as a plain patch made at the pin, for the ``git apply --3way``
+    comparison (series applied cumulatively, like the PR stack)."""
+    tree = scratch.at(pin)
+    patches = {}
+    for series in all_series:
+        plan = engine.plan_series(series, tree.read)
+        if plan.conflicts:
+            continue
+        engine.write(tree, plan, commit=False, total=len(all_series))
+        git(tree.path, "add", "-A")
+        patches[series.number] = git(tree.path, "diff", "--cached", "--binary", strip=False)
+        git(tree.path, "commit", "-q", "--no-verify", "-m", series.name, env=_SWEEP_IDENTITY)
+    return patches
+
+
+def _three_way(tree: AtomTree, patch: str) -> bool:
+    result = subprocess.run(
+        ["git", "apply", "--3way", "--whitespace=nowarn", "-"],
+        cwd=tree.path,
+        input=patch,
+        capture_output=True,
+        text=True,
+    )
+    return result.returncode == 0
+
+
+def sweep_commit(
+    scratch: Scratch,
+    commit: str,
+    all_series: list[Series],
+    checks: tuple[str, ...],
+    patches: dict[int, str] | None = None,
+) -> CommitReport:
+    tree = scratch.at(commit)
+    date, subject = git(tree.path, "log", "-1", "--format=%cs%x00%s", commit).split("\0")
+    files = sorted({f for s in all_series for f in s.files})
+    before = verify.baseline(tree.path, files, checks)
+    verdicts = []
+    for series in all_series:
+        plan = engine.plan_series(series, tree.read)
+        verdict = Verdict(series.number, series.name, "")
+        verdict.upstream_edits = [
+            u.id for u in plan.units if u.state == engine.APPLIED and not u.id.startswith("overlay:")
+        ]
+        if plan.conflicts:
+            verdict.verdict, verdict.details = "drifted", _conflict_lines(plan)
+        elif not plan.changes:
+            verdict.verdict = "already upstream"
+        else:
+            engine.write(tree, plan, commit=False, total=len(all_series))
+            found = verify.problems(tree.path, list(plan.changes), checks, before)
+            verdict.verdict = "verify-failed" if found else "applied+verified"
+            verdict.details = found
+        verdicts.append(verdict)
+    if patches:
+        _stack_three_way(scratch.at(commit), verdicts, patches)
+    return CommitReport(commit, date, subject, verdicts)
+
+
+def _stack_three_way(tree: AtomTree, verdicts: list[Verdict], patches: dict[int, str]) -> None:
+    """Re-apply the pin-made patches in order, as a rebase of the stack would: each
+    one that applies is committed for the next; one that fails is rolled back."""
+    for verdict in verdicts:
+        patch = patches.get(verdict.series)
+        verdict.three_way = bool(patch) and _three_way(tree, patch)
+        if verdict.three_way:
+            git(tree.path, "commit", "-q", "--allow-empty", "--no-verify", "-m", verdict.name, env=_SWEEP_IDENTITY)
+        else:
+            git(tree.path, "reset", "-q", "--hard")
+
+
+def first_drift(repo: Path, series: Series, good: str, bad: str) -> str | None:
+    """The first commit in good..bad after which ``series`` no longer plans cleanly."""
+    candidates = git(
+        repo, "rev-list", "--reverse", "--first-parent", f"{good}..{bad}", "--", *series.files
+    ).split()
+    low, high = 0, len(candidates) - 1
+    if not candidates:
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if engine.plan_series(series, git_reader(repo, candidates[middle])).conflicts:
+            high = middle
+        else:
+            low = middle + 1
+    return candidates[low]
+
+
+def sample(repo: Path, start: str, end: str, every: int) -> list[str]:
+    commits = git(repo, "rev-list", "--reverse", "--first-parent", f"{start}..{end}").split()
+    picked = [git(repo, "rev-parse", f"{start}^{{commit}}")] + commits[every - 1 :: every]
+    if commits and picked[-1] != commits[-1]:
+        picked.append(commits[-1])
+    return picked
+
+
+def sweep(
+    repo: Path,
+    commits: list[str],
+    all_series: list[Series],
+    checks: tuple[str, ...],
+    pin: str | None = None,
+    progress: Callable[[int, int, str], None] = lambda i, n, c: None,
+) -> list[CommitReport]:
+    scratch = Scratch(repo)
+    try:
+        patches = pin_patches(scratch, pin, all_series) if pin else None
+        reports = []
+        for index, commit in enumerate(commits):
+            progress(index + 1, len(commits), commit)
+            reports.append(sweep_commit(scratch, commit, all_series, checks, patches))
+    finally:
+        scratch.close()
+    by_number = {s.number: s for s in all_series}
+    for earlier, later in zip(reports, reports[1:]):
+        for was, now in zip(earlier.verdicts, later.verdicts):
+            if now.verdict == "drifted" and was.verdict != "drifted":
+                now.culprit = first_drift(repo, by_number[now.series], earlier.commit, later.commit)
+    return reports
+
+
+def survival(reports: list[CommitReport]) -> list[dict]:
+    """Per series over a range: how many samples were good, and where it first broke,
+    semantically and as a plain ``git apply --3way`` patch."""
+    rows = []
+    for i, first in enumerate(reports[0].verdicts):
+        column = [r.verdicts[i] for r in reports]
+        broke = next((k for k, v in enumerate(column) if v.verdict not in GOOD), None)
+        broke_3way = next((k for k, v in enumerate(column) if v.three_way is False), None)
+        rows.append(
+            {
+                "series": first.series,
+                "name": first.name,
+                "good_samples": sum(v.verdict in GOOD for v in column),
+                "samples": len(column),
+                "survives_until": reports[(broke or len(reports)) - 1].commit if broke != 0 else None,
+                "first_break": reports[broke].commit if broke is not None else None,
+                "first_break_verdict": column[broke].verdict if broke is not None else None,
+                "culprit": column[broke].culprit if broke is not None else None,
+                "three_way_good_samples": sum(v.three_way is True for v in column),
+                "three_way_first_break": reports[broke_3way].commit if broke_3way is not None else None,
+                "final": column[-1].verdict,
+            }
+        )
+    return rows
+
+
+def worse_than(reports: list[CommitReport], baseline: dict) -> list[str]:
+    """Series whose verdict at the newest commit ranks worse than in ``baseline``."""
+    previous = {s["series"]: s["verdict"] for s in baseline["commits"][-1]["series"]}
+    return [
+        f"series {v.series} ({v.name}): {previous[v.series]} → {v.verdict}"
+        for v in reports[-1].verdicts
+        if v.series in previous and RANK[v.verdict] > RANK[previous[v.series]]
+    ]
