@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,8 @@ def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | N
                     made.append(tree.path / parent)
             temp = target.with_name(f".{target.name}.ckfree-tmp")
             temp.write_text(text)
+            if path in plan.series.overlay:  # scripts stay executable
+                shutil.copymode(plan.series.overlay_source(path), temp)
             written.append(path)
             os.replace(temp, target)
         if commit:

@@ -46,7 +46,9 @@ def parse(text: str) -> list[Entry]:
         keyword = item["instruction"].upper()
         if keyword == "FROM":
             stage += 1
-        entries.append(Entry(keyword, _norm(item["value"]), item["startline"], item["endline"], stage))
+        entries.append(
+            Entry(keyword, _norm(item["value"]), item["startline"], item["endline"], stage)
+        )
     return entries
 
 
@@ -92,7 +94,11 @@ class DockerfileEdit(Edit):
         hits = [e for e in entries if anchor.matches(e)]
         if len(hits) == 1:
             return hits[0]
-        found = "none in the file" if not hits else f"{len(hits)} of them (lines {', '.join(str(h.first + 1) for h in hits)})"
+        found = (
+            "none in the file"
+            if not hits
+            else f"{len(hits)} of them (lines {', '.join(str(h.first + 1) for h in hits)})"
+        )
         line = hits[1].first + 1 if hits else None
         raise Conflict(self.id, f"exactly one {anchor}", found, line)
 
@@ -123,7 +129,14 @@ class InsertInstructions(DockerfileEdit):
     instruction matched by the anchor. Already applied when the same instructions and
     comments stand consecutively anywhere in the file."""
 
-    def __init__(self, id: str, code: str, *, after: Instruction | None = None, before: Instruction | None = None):
+    def __init__(
+        self,
+        id: str,
+        code: str,
+        *,
+        after: Instruction | None = None,
+        before: Instruction | None = None,
+    ):
         super().__init__(id)
         if (after is None) == (before is None):
             raise ValueError(f"{id}: give exactly one of after=, before=")
@@ -139,7 +152,11 @@ class InsertInstructions(DockerfileEdit):
         if self.before:
             # keep the anchor's own comment lines with it
             index = entries.index(anchor)
-            while index > 0 and entries[index - 1].keyword == "COMMENT" and entries[index - 1].last == at - 1:
+            while (
+                index > 0
+                and entries[index - 1].keyword == "COMMENT"
+                and entries[index - 1].last == at - 1
+            ):
                 index -= 1
                 at = entries[index].first
         return _splice(doc, at, self.block), True
@@ -186,7 +203,12 @@ class AddArg(DockerfileEdit):
         entries = parse(doc)
         stage = [e for e in entries if e.stage == self.stage]
         if not any(e.keyword == "FROM" for e in stage):
-            raise Conflict(self.id, f"a build stage number {self.stage}", f"{max(e.stage for e in entries) + 1 if entries else 0} stages", None)
+            raise Conflict(
+                self.id,
+                f"a build stage number {self.stage}",
+                f"{max(e.stage for e in entries) + 1 if entries else 0} stages",
+                None,
+            )
         declared = [e for e in stage if e.keyword == "ARG" and _arg_name(e) == self.name]
         for e in declared:
             if _arg_default(e) == self.default:
@@ -199,11 +221,18 @@ class AddArg(DockerfileEdit):
                     e.first + 1,
                 )
         if declared:  # declared without a default: give it ours there
-            raise Conflict(self.id, f"ARG {self.name} absent or ={self.default}", f"ARG {declared[0].value}", declared[0].first + 1)
+            raise Conflict(
+                self.id,
+                f"ARG {self.name} absent or ={self.default}",
+                f"ARG {declared[0].value}",
+                declared[0].first + 1,
+            )
         if self.after is not None:
             anchor = self.find(doc, stage, self.after)
         else:
-            args = [e for e in stage if e.keyword == "ARG"] or [e for e in stage if e.keyword == "FROM"]
+            args = [e for e in stage if e.keyword == "ARG"] or [
+                e for e in stage if e.keyword == "FROM"
+            ]
             anchor = args[-1]
         value = self.name if self.default is None else f"{self.name}={self.default}"
         lines = "".join(f"{line}\n" for line in self.comment.splitlines()) + f"ARG {value}\n"

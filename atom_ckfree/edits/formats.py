@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import io
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import black
 import libcst as cst

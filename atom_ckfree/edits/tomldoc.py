@@ -9,7 +9,8 @@ created at the end of its parent (``[tool.pytest.ini_options]`` after the last
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import tomlkit
 from tomlkit.items import AoT, Array, Table
@@ -85,7 +86,9 @@ class SetValue(TomlEdit):
     Already applied when the key holds ``value``; a different value is replaced only
     when it is the ``replaces`` value the edit was written against, else a conflict."""
 
-    def __init__(self, id: str, table: Sequence[str], key: str, value: Any, *, replaces: Any = None):
+    def __init__(
+        self, id: str, table: Sequence[str], key: str, value: Any, *, replaces: Any = None
+    ):
         super().__init__(id, table, key)
         self.value, self.replaces = value, replaces
 
@@ -96,13 +99,31 @@ class SetValue(TomlEdit):
             if have == self.value:
                 return doc, False
             if self.replaces is None or have != self.replaces:
-                expected = f"{self.key} = {self.replaces!r}" if self.replaces is not None else f"no {self.key}"
+                expected = (
+                    f"{self.key} = {self.replaces!r}"
+                    if self.replaces is not None
+                    else f"no {self.key}"
+                )
                 raise self.conflict(doc, expected, f"{self.key} = {have!r}")
             table[self.key] = self.value
             return doc, True
         table = self.find_table(doc, create=True)
-        table.add(self.key, _item(self.value))
+        _add(table, self.key, _item(self.value))
         return doc, True
+
+
+def _add(table: Any, key: str, item: Any) -> None:
+    """Add ``key`` right after the table's last value, before the blank lines and
+    comments that lead to the next table (``Table.add`` would put it after them)."""
+    container = getattr(table, "value", table)
+    body = getattr(container, "body", [])
+    values = [k.key for k, v in body if k is not None and not isinstance(v, (Table, AoT))]
+    if values:
+        container._insert_after(values[-1], key, item)
+    elif any(isinstance(v, (Table, AoT)) for _, v in body):
+        container._insert_at(0, key, item)  # values come before the sub-tables
+    else:
+        table.add(key, item)
 
 
 def _item(value: Any) -> Any:
@@ -121,14 +142,18 @@ class AddArrayItem(TomlEdit):
     pytest marker whose description upstream reworded). A key holding something
     other than an array is a conflict."""
 
-    def __init__(self, id: str, table: Sequence[str], key: str, item: Any, *, match: str | None = None):
+    def __init__(
+        self, id: str, table: Sequence[str], key: str, item: Any, *, match: str | None = None
+    ):
         super().__init__(id, table, key)
         self.item, self.match = item, match
 
     def _present(self, values: list) -> bool:
         if self.item in values:
             return True
-        return self.match is not None and any(isinstance(v, str) and v.startswith(self.match) for v in values)
+        return self.match is not None and any(
+            isinstance(v, str) and v.startswith(self.match) for v in values
+        )
 
     def apply(self, doc):
         table = self.find_table(doc, create=True)
@@ -136,11 +161,13 @@ class AddArrayItem(TomlEdit):
             array = tomlkit.array()
             array.append(self.item)
             array.multiline(True)
-            table.add(self.key, array)
+            _add(table, self.key, array)
             return doc, True
         array = table[self.key]
         if not isinstance(array, Array):
-            raise self.conflict(doc, f"{self.key} = [ … ] (an array)", f"{self.key} = {_plain(array)!r}")
+            raise self.conflict(
+                doc, f"{self.key} = [ … ] (an array)", f"{self.key} = {_plain(array)!r}"
+            )
         if self._present(_plain(array)):
             return doc, False
         array.append(self.item)

@@ -13,19 +13,30 @@ every line the edit did not touch.
 
 from __future__ import annotations
 
+import copy
 import re
 import textwrap
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
 
 from .base import Conflict, Edit
 from .formats import _yaml_parse
 
 
-def from_yaml(text: str) -> Any:
-    """Parse a (possibly indented) YAML snippet into round-trip nodes to insert."""
-    return _yaml_parse(textwrap.dedent(text).strip("\n") + "\n")
+def from_yaml(text: str, column: int = 0) -> Any:
+    """Parse a (possibly indented) YAML snippet into round-trip nodes to insert at
+    ``column`` (e.g. 4 for a job's body): comments inside it keep their place only
+    when parsed at the indentation they will be rendered at."""
+    body = textwrap.dedent(text).strip("\n")
+    levels = column // 2
+    wrapper = [f"{'  ' * i}_{i}:" for i in range(levels)]
+    node = _yaml_parse("\n".join(wrapper + [textwrap.indent(body, "  " * levels)]) + "\n")
+    for i in range(levels):
+        node = node[f"_{i}"]
+    return node
 
 
 def plain(node: Any) -> Any:
@@ -99,11 +110,14 @@ class YamlEdit(Edit):
             where = _path_text(path[: depth + 1])
             if isinstance(step, dict):
                 if not isinstance(node, list):
-                    raise self.conflict(f"a list at {_path_text(path[:depth])}", type(node).__name__, line)
+                    raise self.conflict(
+                        f"a list at {_path_text(path[:depth])}", type(node).__name__, line
+                    )
                 hits = [
                     i
                     for i, item in enumerate(node)
-                    if isinstance(item, dict) and all(plain(item.get(k)) == v for k, v in step.items())
+                    if isinstance(item, dict)
+                    and all(plain(item.get(k)) == v for k, v in step.items())
                 ]
                 if len(hits) != 1:
                     found = "no such item" if not hits else f"{len(hits)} such items"
@@ -137,13 +151,74 @@ class YamlEdit(Edit):
             return None
 
 
-def _insert(mapping: CommentedMap, key: str, value: Any, after: str | None, blank_line: bool) -> None:
+def _last_entry(container: Any, key: Any) -> tuple[Any, Any]:
+    """The innermost (container, key) whose end-of-line comment ends ``container[key]``
+    when it is rendered: ruamel keeps the blank lines after a block there."""
+    value = container[key]
+    while isinstance(value, (dict, list)) and len(value):
+        container, key = value, (list(value)[-1] if isinstance(value, dict) else len(value) - 1)
+        value = container[key]
+    return container, key
+
+
+def _move_trailing_lines(before: tuple[Any, Any], after: tuple[Any, Any]) -> None:
+    """Blank (and comment) lines that followed the entry ``before`` move behind the
+    entry ``after`` inserted next to it, so that they keep separating the same blocks."""
+    old_owner, old_key = _last_entry(*before)
+    entry = old_owner.ca.items.get(old_key) if hasattr(old_owner, "ca") else None
+    if not entry or entry[2] is None:
+        return
+    token = entry[2]
+    first, rest = _split_token(old_owner[old_key], token.value)
+    if not rest:
+        return
+    new_owner, new_key = _last_entry(*after)
+    if not hasattr(new_owner, "ca") or new_owner.ca.items.get(new_key):
+        return
+    if first:
+        token.value = first
+    else:
+        entry[2] = None
+    moved = copy.copy(token)
+    moved.value = ("" if _is_block_scalar(new_owner[new_key]) else "\n") + rest
+    new_owner.ca.items[new_key] = [None, None, moved, None]
+
+
+def _is_block_scalar(value: Any) -> bool:
+    return isinstance(value, (LiteralScalarString, FoldedScalarString))
+
+
+def _split_token(value: Any, text: str) -> tuple[str, str]:
+    """(end-of-line part, lines after it) of a comment token; after a block scalar
+    (``run: |``) there is no end-of-line part, every line of it follows the block."""
+    if _is_block_scalar(value):
+        return "", text
+    first, _, rest = text.partition("\n")
+    return first + "\n", rest
+
+
+def _insert(
+    mapping: CommentedMap, key: str, value: Any, after: str | None, blank_line: bool
+) -> None:
+    keys = list(mapping)
+    previous = after if after is not None else (keys[-1] if keys else None)
     if after is not None:
-        mapping.insert(list(mapping).index(after) + 1, key, value)
+        mapping.insert(keys.index(after) + 1, key, value)
     else:
         mapping[key] = value
-    if blank_line:
+    if previous is not None:
+        _move_trailing_lines((mapping, previous), (mapping, key))
+    if blank_line and previous is not None and not _ends_with_blank(mapping, previous):
         mapping.yaml_set_comment_before_after_key(key, before="\n")
+
+
+def _ends_with_blank(mapping: CommentedMap, key: Any) -> bool:
+    owner, last = _last_entry(mapping, key)
+    entry = owner.ca.items.get(last) if hasattr(owner, "ca") else None
+    if not entry or entry[2] is None:
+        return False
+    _, rest = _split_token(owner[last], entry[2].value)
+    return rest.endswith("\n") and rest.strip(" \n") == "" or rest.endswith("\n\n")
 
 
 class SetEntry(YamlEdit):
@@ -176,13 +251,23 @@ class SetEntry(YamlEdit):
             if have == plain(self.value):
                 return doc, False
             if self.replaces is None or have != plain(self.replaces):
-                expected = f"{self.key}: {_show(self.replaces)}" if self.replaces is not None else f"no {self.key}"
-                raise self.conflict(expected, f"{self.key}: {_show(have)}", _line_of(mapping, self.key))
+                expected = (
+                    f"{self.key}: {_show(self.replaces)}"
+                    if self.replaces is not None
+                    else f"no {self.key}"
+                )
+                raise self.conflict(
+                    expected, f"{self.key}: {_show(have)}", _line_of(mapping, self.key)
+                )
             _drop_comment_lines(mapping, self.key, self.drop_comments)
             mapping[self.key] = self.value
             return doc, True
         if self.after is not None and self.after not in mapping:
-            raise self.conflict(f"the key {self.after} to insert after", f"keys {list(mapping)}", _node_line(mapping))
+            raise self.conflict(
+                f"the key {self.after} to insert after",
+                f"keys {list(mapping)}",
+                _node_line(mapping),
+            )
         _insert(mapping, self.key, self.value, self.after, blank_line=False)
         return doc, True
 
@@ -215,7 +300,7 @@ def _merge(edit: YamlEdit, into: CommentedMap, data: dict, where: tuple) -> bool
     changed = False
     for key, value in data.items():
         if key not in into:
-            into[key] = value
+            _insert(into, key, value, None, blank_line=False)
             changed = True
         elif isinstance(into[key], dict) and isinstance(value, dict):
             changed |= _merge(edit, into[key], value, where + (key,))
@@ -249,7 +334,7 @@ class AddJob(YamlEdit):
     def __init__(self, id: str, name: str, job: Any, *, after: str | None = None):
         super().__init__(id, ("jobs",))
         self.name = name
-        self.job = from_yaml(job) if isinstance(job, str) else job
+        self.job = from_yaml(job, column=4) if isinstance(job, str) else job
         self.after = after
 
     def apply(self, doc):
@@ -258,15 +343,21 @@ class AddJob(YamlEdit):
             if plain(jobs[self.name]) == plain(self.job):
                 return doc, False
             raise self.conflict(
-                f"no job {self.name}, or ours", "a job of that name with another definition", _line_of(jobs, self.name)
+                f"no job {self.name}, or ours",
+                "a job of that name with another definition",
+                _line_of(jobs, self.name),
             )
         if self.after is not None and self.after not in jobs:
-            raise self.conflict(f"the job {self.after} to add {self.name} after", f"jobs {list(jobs)}", _node_line(jobs))
+            raise self.conflict(
+                f"the job {self.after} to add {self.name} after",
+                f"jobs {list(jobs)}",
+                _node_line(jobs),
+            )
         _insert(jobs, self.name, self.job, self.after, blank_line=True)
         return doc, True
 
 
-_EXPRESSION = re.compile(r"^\s*\$\{\{(.*)\}\}\s*$", re.S)
+_EXPRESSION = re.compile(r"^\s*\$\{\{(.*)\}\}\s*$", re.DOTALL)
 
 
 def _bare(expression: str) -> str:
@@ -293,12 +384,17 @@ class AddCondition(YamlEdit):
         if "if" not in node:
             keys = list(node)
             # GitHub's own order: name (and needs/uses) first, then if:
-            at = next((i for i, k in enumerate(keys) if k not in ("name", "needs", "uses", "id")), len(keys))
+            at = next(
+                (i for i, k in enumerate(keys) if k not in ("name", "needs", "uses", "id")),
+                len(keys),
+            )
             node.insert(at, "if", f"${{{{ {self.condition} }}}}")
             return doc, True
         existing = node["if"]
         if not isinstance(existing, str):
-            existing = "true" if existing is True else "false" if existing is False else str(existing)
+            existing = (
+                "true" if existing is True else "false" if existing is False else str(existing)
+            )
         if _squash(self.condition) in _squash(_bare(existing)):
             return doc, False
         joined = f"${{{{ {self.condition} && ({_bare(existing)}) }}}}"
@@ -327,6 +423,8 @@ class AppendToList(YamlEdit):
             return doc, True
         anchors = [i for i, x in enumerate(node) if plain(x) == plain(self.after)]
         if not anchors:
-            raise self.conflict(f"the item {_show(self.after)} to insert after", _show(node), _node_line(node))
+            raise self.conflict(
+                f"the item {_show(self.after)} to insert after", _show(node), _node_line(node)
+            )
         node.insert(anchors[0] + 1, self.item)
         return doc, True

@@ -156,3 +156,10 @@ def test_console_script_entry_point_is_the_same_main():
     assert "from atom_ckfree.cli import main" in text
     pyproject = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
     assert 'apply-patches = "atom_ckfree.cli:main"' in textwrap.dedent(pyproject)
+
+
+def test_overlay_files_keep_their_mode(project, atom, capsys):
+    script = project / "overlay" / "atom" / "extra.py"
+    script.chmod(0o755)
+    assert cli(capsys, "apply", "--atom", str(atom), "--series", "1")[0] == 0
+    assert (atom / "atom" / "extra.py").stat().st_mode & 0o777 == 0o755

@@ -1,0 +1,205 @@
+# SPDX-License-Identifier: MIT
+"""The fake AITER's entry points: module -> {name: implementation}.
+
+An implementation computes what the caller uses (small torch reference results)
+or is ``None`` (the call is only recorded). ``Value`` marks a plain attribute
+(types, constants, decorators) that is not recorded. Add entry points here.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Value:
+    make: Callable[[Any], Any]  # (the FakeAiter) -> the attribute
+
+
+def const(value):
+    return Value(lambda fake: value)
+
+
+FP8 = torch.float8_e4m3fnuz
+DTYPES = types.SimpleNamespace(
+    fp8=FP8,
+    fp4x2=getattr(torch, "float4_e2m1fn_x2", torch.uint8),
+    fp16=torch.float16,
+    bf16=torch.bfloat16,
+    fp32=torch.float32,
+    i8=torch.int8,
+    i32=torch.int32,
+    u8=torch.uint8,
+    d_dtypes={"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp8": FP8},
+)
+
+
+class QuantType(enum.IntEnum):
+    No = 0
+    per_Tensor = 1
+    per_Token = 2
+    per_1x32 = 3
+    per_1x128 = 4
+    per_128x128 = 5
+
+
+class ActivationType(enum.IntEnum):
+    No = 0
+    Silu = 1
+    Gelu = 2
+    Swiglu = 3
+
+
+def _group(world_size: int = 1):
+    return types.SimpleNamespace(world_size=world_size, rank=0, rank_in_group=0)
+
+
+def _identity_decorator(*args, **kwargs):
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return args[0]
+    return lambda fn: fn
+
+
+# -- reference results ------------------------------------------------------
+
+
+def _rope_reshape_and_cache(q, k, v, k_cache, v_cache, *args, **kwargs):
+    return q, k, k_cache, v_cache
+
+
+def _empty_like_q(q, *args, **kwargs):
+    return torch.empty_like(q)
+
+
+def _flash_attn_varlen(q, k, v, *args, **kwargs):
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+def _splits(num_seqs, num_kv_heads, *args, **kwargs):
+    return 4
+
+
+def _mla_metadata_info(*args, **kwargs):
+    return tuple(((8,), torch.int32) for _ in range(6))
+
+
+def _pa_metadata_info(*args, **kwargs):
+    return tuple(((8,), torch.int32) for _ in range(6))
+
+
+def _hip_quant(quant_type):
+    def quant(x, *args, quant_dtype=FP8, **kwargs):
+        return x.to(quant_dtype), torch.ones(x.shape[0], 1)
+
+    return quant
+
+
+def _fp8_bmm(x, w, w_scale, *args, transpose_bm=False, **kwargs):
+    y = torch.bmm(
+        x.float(),
+        w.float().transpose(-1, -2) if w.shape[-1] == x.shape[-1] else w.float(),
+    )
+    y = y.to(torch.bfloat16)
+    return y.transpose(0, 1) if transpose_bm else y
+
+
+def _shuffle_weight(w, *args, **kwargs):
+    return w
+
+
+ENTRIES: dict[str, dict[str, Any]] = {
+    "aiter": {
+        "dtypes": const(DTYPES),
+        "QuantType": const(QuantType),
+        "ActivationType": const(ActivationType),
+        "get_hip_quant": const(_hip_quant),
+        "per_tensor_quant": None,
+        # MHA cache update and paged attention
+        "fused_qk_norm_rope_cache_quant_shuffle": None,
+        "reshape_and_cache": None,
+        "reshape_and_cache_with_pertoken_quant": None,
+        "pa_fwd_asm": _empty_like_q,
+        "pa_persistent_fwd": None,
+        "get_pa_metadata_info_v1": _pa_metadata_info,
+        "get_pa_metadata_v1": None,
+        # CK attention
+        "flash_attn_varlen_func": _flash_attn_varlen,
+        "mha_varlen_fwd": None,
+        # MLA
+        "concat_and_cache_mla": None,
+        "fused_qk_rope_concat_and_cache_mla": None,
+        "get_mla_metadata_info_v1": _mla_metadata_info,
+        "get_mla_metadata_v1": None,
+        # GEMMs (linear.py)
+        "gemm_a4w4": None,
+        "gemm_a8w8": None,
+        "gemm_a8w8_blockscale_bpreshuffle": None,
+        "gemm_a8w8_bpreshuffle": None,
+        # MoE (moe.py)
+        "ck_moe_stage1": None,
+        "ck_moe_stage2": None,
+        "moe_sorting_fwd": None,
+    },
+    "aiter.mla": {"mla_decode_fwd": None, "mla_prefill_fwd": None},
+    "aiter.dist": {},
+    "aiter.dist.parallel_state": {
+        "get_tp_group": const(lambda: _group()),
+        "get_dp_group": const(lambda: _group()),
+        "get_pp_group": const(lambda: _group()),
+        "get_ep_group": const(lambda: _group()),
+    },
+    "aiter.jit": {},
+    "aiter.jit.core": {},
+    "aiter.jit.utils": {},
+    "aiter.jit.utils.torch_guard": {"torch_compile_guard": const(_identity_decorator)},
+    "aiter.tuned_gemm": {
+        "tgemm": Value(
+            lambda fake: types.SimpleNamespace(
+                mm=fake._entry("aiter.tuned_gemm.tgemm.mm", None)
+            )
+        )
+    },
+    "aiter.utility": {},
+    "aiter.utility.dtypes": {"d_dtypes": const(DTYPES.d_dtypes)},
+    "aiter.utility.fp4_utils": {
+        "e8m0_shuffle": None,
+        "e8m0_to_f32": None,
+        "mxfp4_to_f32": None,
+    },
+    "aiter.fused_moe": {"fused_moe": None},
+    "aiter.ops": {},
+    "aiter.ops.shuffle": {"shuffle_weight": _shuffle_weight},
+    "aiter.ops.triton": {},
+    "aiter.ops.triton.quant": {"dynamic_mxfp4_quant": None},
+    "aiter.ops.triton.fused_kv_cache": {
+        "fused_qk_rope_reshape_and_cache": _rope_reshape_and_cache
+    },
+    "aiter.ops.triton.gluon": {},
+    "aiter.ops.triton.gluon.pa_decode_gluon": {"get_recommended_splits": _splits},
+    "aiter.ops.triton.unified_attention": {"unified_attention": None},
+    "aiter.ops.triton.batched_gemm_a8w8_a_per_token_group_prequant_w_per_batched_tensor_quant": {
+        "batched_gemm_a8w8_a_per_token_group_prequant_w_per_batched_tensor_quant": _fp8_bmm
+    },
+    "aiter.ops.triton.attention": {},
+    "aiter.ops.triton.attention.mla_decode_rope": {
+        "decode_attention_fwd_grouped_rope": None
+    },
+}
+
+# torch.ops.aiter.<name>
+TORCH_OPS: dict[str, Any] = {"pa_decode_gluon": None}
+
+# Entry points that exist only in an AITER built with CK (absent with ck=False).
+CK = {
+    "aiter.flash_attn_varlen_func",
+    "aiter.mha_varlen_fwd",
+    "aiter.ck_moe_stage1",
+    "aiter.ck_moe_stage2",
+    "aiter.moe_sorting_fwd",
+}

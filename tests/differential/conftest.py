@@ -1,0 +1,89 @@
+"""Pin and patched ATOM attention modules, side by side under one fake ``aiter``.
+
+``attention_modules`` loads ``attention_mha`` and ``attention_mla`` twice, as the
+pin has them and with series 1-3 applied, under distinct module names, with
+``atom`` pointing at the patched tree (its other modules equal the pin's, and
+its ``envs`` is a superset). Without an ATOM source it skips loudly through
+``pin_template`` (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from atom_ckfree import engine
+from atom_ckfree.series import load_all, select
+from atom_ckfree.workspace import AtomTree
+
+FAKE_DIR = Path(__file__).resolve().parents[2] / "overlay" / "tests"
+if str(FAKE_DIR) not in sys.path:
+    sys.path.insert(0, str(FAKE_DIR))
+
+
+@pytest.fixture(scope="session")
+def patched_tree(pin_template, tmp_path_factory) -> Path:
+    """A copy of the pin with series 1-3 applied (not committed), once a session."""
+    dest = tmp_path_factory.mktemp("atom-s1-3") / "atom"
+    shutil.copytree(pin_template, dest, symlinks=True)
+    all_series = load_all()
+    results = engine.apply(AtomTree(dest), select("1-3", all_series), all_series)
+    assert all(r.outcome == "applied" for r in results), [
+        (r.series.name, r.outcome) for r in results
+    ]
+    return dest
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def attention_modules(pin_template, patched_tree):
+    """``attention_modules(ck)`` -> {"fake": FakeAiter, "patched": {"mha", "mla"},
+    "pin": {...} (only with CK: the pin cannot import without it)}, loaded once
+    per ``ck`` under a fake of their own, which the call makes current."""
+    import fake_aiter
+    from fake_aiter import atom_stubs
+
+    cache: dict[bool, dict] = {}
+
+    def get(ck: bool) -> dict:
+        if ck not in cache:
+            fake = fake_aiter.FakeAiter(ck=ck).install()
+            if not cache:
+                atom_stubs.prepare(patched_tree)
+            entry = {"fake": fake}
+            for label, tree in (("pin", pin_template), ("patched", patched_tree)):
+                if label == "pin" and not ck:
+                    continue
+                ops = tree / "atom" / "model_ops"
+                tag = f"{label}_{'ck' if ck else 'nock'}"
+                entry[label] = {
+                    "mla": _load(
+                        ops / "attention_mla.py", f"atom.model_ops.{tag}_attention_mla"
+                    ),
+                    "mha": _load(
+                        ops / "attention_mha.py", f"atom.model_ops.{tag}_attention_mha"
+                    ),
+                }
+            cache[ck] = entry
+        entry = cache[ck]
+        entry["fake"].install()
+        entry["fake"].clear()
+        from atom.utils import envs
+
+        envs.aiter_has_ck.cache_clear()
+        return entry
+
+    yield get
+    for entry in cache.values():
+        entry["fake"].uninstall()

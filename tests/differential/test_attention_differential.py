@@ -1,0 +1,169 @@
+"""Series 2 and 3 against the pin: attention_mha / attention_mla as upstream has
+them and as patched, run under the same recording fake ``aiter``.
+
+With CK present and ``ATOM_CK_FREE=0`` the recorded call traces (kernel names,
+argument shapes and dtypes) are equal over the grid of issue 3. With the flag on,
+or CK absent, the patched modules follow the CK-free routing and never call a CK
+entry point.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fake_aiter.harness import mha_forward, mla_decode, mla_prefill_mha
+
+pytestmark = pytest.mark.integration
+
+PHASES = ("prefill", "decode")
+HEAD_DIMS = (64, 128, 256)
+WINDOWS = (None, 8)
+KV_DTYPES = ("bf16", "fp8")
+BLOCK_SIZES = (1, 16, 1024)
+MAX_SEQLEN_Q = (1, 2)
+
+GRID = pytest.mark.parametrize("phase", PHASES)
+mha_grid = [
+    pytest.mark.parametrize("head_dim", HEAD_DIMS),
+    pytest.mark.parametrize("window", WINDOWS),
+    pytest.mark.parametrize("kv_dtype", KV_DTYPES),
+    pytest.mark.parametrize("block_size", BLOCK_SIZES),
+    pytest.mark.parametrize("max_seqlen_q", MAX_SEQLEN_Q),
+    GRID,
+]
+
+
+def with_grid(fn):
+    for mark in mha_grid:
+        fn = mark(fn)
+    return fn
+
+
+def run_mha(entry, label, monkeypatch, **config):
+    torch.manual_seed(0)
+    entry["fake"].clear()
+    mha_forward(entry[label]["mha"], **config)
+    return list(entry["fake"].trace)
+
+
+def mha_config(phase, head_dim, window, kv_dtype, block_size, max_seqlen_q):
+    return dict(
+        prefill=phase == "prefill",
+        head_dim=head_dim,
+        sliding_window=window,
+        kv_dtype=kv_dtype,
+        block_size=block_size,
+        max_seqlen_q=max_seqlen_q,
+    )
+
+
+@with_grid
+def test_mha_flag_off_with_ck_is_upstream(
+    attention_modules,
+    monkeypatch,
+    phase,
+    head_dim,
+    window,
+    kv_dtype,
+    block_size,
+    max_seqlen_q,
+):
+    monkeypatch.delenv("ATOM_CK_FREE", raising=False)
+    monkeypatch.delenv("AITER_FORCE_TRITON_ATTN", raising=False)
+    entry = attention_modules(True)
+    config = mha_config(phase, head_dim, window, kv_dtype, block_size, max_seqlen_q)
+    pin = run_mha(entry, "pin", monkeypatch, **config)
+    patched = run_mha(entry, "patched", monkeypatch, **config)
+    assert pin and patched == pin
+
+
+@pytest.mark.parametrize(
+    "ck,flag", [(True, "1"), (False, "0")], ids=["flag-on", "no-ck"]
+)
+@with_grid
+def test_mha_ck_free_routing(
+    attention_modules,
+    monkeypatch,
+    ck,
+    flag,
+    phase,
+    head_dim,
+    window,
+    kv_dtype,
+    block_size,
+    max_seqlen_q,
+):
+    monkeypatch.setenv("ATOM_CK_FREE", flag)
+    monkeypatch.delenv("AITER_FORCE_TRITON_ATTN", raising=False)
+    entry = attention_modules(ck)
+    config = mha_config(phase, head_dim, window, kv_dtype, block_size, max_seqlen_q)
+    names = [t[0] for t in run_mha(entry, "patched", monkeypatch, **config)]
+    assert entry["fake"].touched_ck() == []
+    assert names[0] == "aiter.ops.triton.fused_kv_cache.fused_qk_rope_reshape_and_cache"
+    if phase == "prefill":
+        assert names[1:] == ["aiter.ops.triton.unified_attention.unified_attention"]
+    else:
+        asm = head_dim == 128 and window is None
+        expected = (
+            ("aiter.pa_persistent_fwd" if block_size == 1024 else "aiter.pa_fwd_asm")
+            if asm
+            else "torch.ops.aiter.pa_decode_gluon"
+        )
+        assert names[-1] == expected
+
+
+MLA = [
+    pytest.mark.parametrize("kv_dtype", KV_DTYPES),
+    pytest.mark.parametrize("max_seqlen_q", MAX_SEQLEN_Q),
+    pytest.mark.parametrize("phase", PHASES),
+]
+
+
+def with_mla_grid(fn):
+    for mark in MLA:
+        fn = mark(fn)
+    return fn
+
+
+def run_mla(entry, label, phase, kv_dtype, max_seqlen_q):
+    torch.manual_seed(0)
+    entry["fake"].clear()
+    module = entry[label]["mla"]
+    if phase == "prefill":
+        lens = (4, 1, 3) if max_seqlen_q > 1 else (1, 1, 1)
+        mla_prefill_mha(module, lens=lens, kv_dtype=kv_dtype)
+    else:
+        mla_decode(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
+    return list(entry["fake"].trace)
+
+
+@with_mla_grid
+def test_mla_flag_off_with_ck_is_upstream(
+    attention_modules, monkeypatch, phase, kv_dtype, max_seqlen_q
+):
+    monkeypatch.delenv("ATOM_CK_FREE", raising=False)
+    monkeypatch.delenv("ATOM_USE_TRITON_MLA_DECODE", raising=False)
+    entry = attention_modules(True)
+    pin = run_mla(entry, "pin", phase, kv_dtype, max_seqlen_q)
+    assert pin and run_mla(entry, "patched", phase, kv_dtype, max_seqlen_q) == pin
+
+
+@pytest.mark.parametrize(
+    "ck,flag", [(True, "1"), (False, "0")], ids=["flag-on", "no-ck"]
+)
+@with_mla_grid
+def test_mla_ck_free_routing(
+    attention_modules, monkeypatch, ck, flag, phase, kv_dtype, max_seqlen_q
+):
+    monkeypatch.setenv("ATOM_CK_FREE", flag)
+    entry = attention_modules(ck)
+    names = [t[0] for t in run_mla(entry, "patched", phase, kv_dtype, max_seqlen_q)]
+    assert entry["fake"].touched_ck() == []
+    if phase == "prefill":
+        assert names == []  # batched SDPA in torch, no AITER call
+    elif max_seqlen_q == 1:
+        assert names == [
+            "aiter.ops.triton.attention.mla_decode_rope.decode_attention_fwd_grouped_rope"
+        ]
+    else:
+        assert names == ["aiter.mla.mla_decode_fwd"]

@@ -1,0 +1,75 @@
+"""The CK-free MLA prefill fallback and the prefill block table on a GPU,
+against per-sequence references (run with ``-m gpu`` on a CUDA/ROCm machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+]
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "mla_prefill_bench.py"
+
+
+@pytest.fixture(scope="module")
+def patched_tree(pin_template, tmp_path_factory) -> Path:
+    """The pin with series 1-3 applied (pin_template: tests/conftest.py)."""
+    import shutil
+
+    from atom_ckfree import engine
+    from atom_ckfree.series import load_all, select
+    from atom_ckfree.workspace import AtomTree
+
+    dest = tmp_path_factory.mktemp("atom-gpu") / "atom"
+    shutil.copytree(pin_template, dest, symlinks=True)
+    all_series = load_all()
+    engine.apply(AtomTree(dest), select("1-3", all_series), all_series)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("mla_prefill_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def patched(bench, patched_tree):
+    return bench.load_patched(patched_tree)
+
+
+def test_mla_prefill_fallback_matches_loop(bench, patched):
+    mla, _ = patched
+    lens = bench.mixed_lengths(64)
+    cu = torch.tensor(
+        [0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda"
+    )
+    t = sum(lens)
+    q, k = (
+        torch.randn(t, 4, 192, device="cuda", dtype=torch.bfloat16) for _ in range(2)
+    )
+    v = torch.randn(t, 4, 128, device="cuda", dtype=torch.bfloat16)
+    got = mla.varlen_causal_attention(q, k, v, cu, cu, max(lens), max(lens), 0.07)
+    ref = bench.loop_attention(q.double(), k.double(), v.double(), cu, 0.07)
+    torch.testing.assert_close(got.double(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_prefill_block_table_matches_loop(bench, patched):
+    _, mha = patched
+    lens = bench.mixed_lengths(64)
+    cu = torch.tensor(
+        [0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda"
+    )
+    assert torch.equal(
+        mha.prefill_block_table(cu, max(lens)), bench.loop_block_table(cu, max(lens))
+    )

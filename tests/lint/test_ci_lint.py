@@ -1,0 +1,150 @@
+"""Series 5-7 on the patched pin tree: actionlint on the workflows they touch or
+add, shellcheck on their scripts, ATOM's style gates (black --check, and no ruff
+finding that the pin does not already have) on their Python files, and the golden
+output script's documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed next to {sys.executable}: pip install -e '.[test]'")
+    return str(path)
+
+
+def run(args, cwd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, **kw)
+
+
+def test_actionlint_passes_on_every_workflow_the_series_touch(patched_tree, files_5_to_7):
+    workflows = [f for f in files_5_to_7 if f.startswith(".github/workflows/")]
+    assert {
+        ".github/workflows/pre-checks.yaml",
+        ".github/workflows/atom-test.yaml",
+        ".github/workflows/sync-upstream.yaml",
+    } <= set(workflows)
+    # actionlint reads .github/actionlint.yaml (ATOM's self-hosted runner labels)
+    result = run([tool("actionlint"), "-no-color", *workflows], patched_tree)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shellcheck_passes_on_the_scripts(patched_tree, files_5_to_7):
+    scripts = [f for f in files_5_to_7 if f.endswith(".sh")]
+    assert "scripts/test_golden_output.sh" in scripts
+    result = run([tool("shellcheck"), *scripts], patched_tree)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def python_files(files):
+    return [f for f in files if f.endswith(".py")]
+
+
+def test_black_check_on_every_python_file_the_series_write(patched_tree, files_5_to_7):
+    files = python_files(files_5_to_7)
+    if not files:
+        pytest.skip("series 5-7 write no Python file yet")
+    result = run([tool("black"), "--check", "--quiet", *files], patched_tree)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def atom_ruff_config(tree: Path) -> list[str]:
+    """ATOM's own ruff configuration, and nothing from this machine (a user-level
+    ruff.toml would otherwise apply): at the pin ATOM has none, i.e. ruff's defaults."""
+    options = ["--no-cache", "--exit-zero", "--output-format=json"]
+    for name in ("ruff.toml", ".ruff.toml"):
+        if (tree / name).exists():
+            return [*options, "--config", str(tree / name)]
+    if "[tool.ruff" in (tree / "pyproject.toml").read_text():
+        return [*options, "--config", str(tree / "pyproject.toml")]
+    return [*options, "--isolated"]
+
+
+def ruff_findings(tree: Path, files: list[str]) -> Counter:
+    present = [f for f in files if (tree / f).exists()]
+    if not present:
+        return Counter()
+    result = run([tool("ruff"), "check", *atom_ruff_config(tree), *present], tree)
+    return Counter(
+        (Path(d["filename"]).relative_to(tree).as_posix(), d["code"], d["message"])
+        for d in json.loads(result.stdout)
+    )
+
+
+def test_no_new_ruff_findings_in_the_files_the_series_write(
+    pin_template, patched_tree, files_5_to_7
+):
+    files = python_files(files_5_to_7) + ["pyproject.toml"]
+    new = ruff_findings(patched_tree, files) - ruff_findings(pin_template, files)
+    assert not new, "\n".join(f"{f}: {code} {msg} (x{n})" for (f, code, msg), n in new.items())
+
+
+# -- scripts/test_golden_output.sh, with a stand-in for `python3` ------------------
+
+GOLDEN = "Prompt: 'hi'\nCompletion: 'hello'\n"
+
+
+@pytest.fixture
+def golden_env(patched_tree, tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "loading model..."\n'
+        'printf "%b" "$FAKE_OUTPUT"\n'
+        'exit "${FAKE_STATUS:-0}"\n'
+    )
+    (fake / "python3").chmod(0o755)
+    golden = tmp_path / "golden.txt"
+    golden.write_text(GOLDEN)
+    script = patched_tree / "scripts/test_golden_output.sh"
+
+    def go(*args, output=GOLDEN, status=0):
+        env = dict(
+            os.environ,
+            PATH=f"{fake}:{os.environ['PATH']}",
+            FAKE_OUTPUT=output,
+            FAKE_STATUS=str(status),
+        )
+        return run(["bash", str(script), *args], tmp_path, env=env)
+
+    return go, golden
+
+
+def test_golden_script_exit_codes(golden_env):
+    go, golden = golden_env
+    assert go("-g", str(golden)).returncode == 0
+    mismatch = go("-g", str(golden), output="Prompt: 'hi'\nCompletion: 'bye'\n")
+    assert mismatch.returncode == 1
+    assert "-Completion: 'hello'" in mismatch.stdout and "+Completion: 'bye'" in mismatch.stdout
+    assert go("-g", str(golden), status=3).returncode == 4
+    assert go("-g", str(golden), output="no lines\n").returncode == 4
+    assert go("-g", str(golden.with_name("missing.txt"))).returncode == 3
+    assert go("-m", "org/NoSuchModel").returncode == 3
+    assert go("-z").returncode == 2
+    assert "Exit codes" in go("-h").stdout
+
+
+def test_reapplying_every_series_is_a_no_op(patched_tree):
+    from atom_ckfree import engine
+    from atom_ckfree.series import load_all, select
+    from atom_ckfree.workspace import AtomTree
+
+    all_series = load_all()
+    results = engine.apply(
+        AtomTree(patched_tree), select("all", all_series), all_series, allow_dirty=True
+    )
+    assert {r.series.number: r.outcome for r in results} == {
+        s.number: "already applied" for s in all_series
+    }

@@ -1,0 +1,165 @@
+"""Series 5: the three Dockerfiles pass hadolint, have the structure the series
+promises, and .dockerignore shrinks the real build context."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pathspec
+import pytest
+from dockerfile_parse import DockerfileParser
+
+pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
+
+DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.wheels", "docker/Dockerfile.clean"]
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(os.sys.executable).parent))
+    if not found:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return found
+
+
+def structure(path: Path) -> list[dict]:
+    return DockerfileParser(fileobj=io.BytesIO(path.read_bytes())).structure
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    return [
+        (i["instruction"], " ".join(i["value"].split()))
+        for i in structure(path)
+        if i["instruction"] != "COMMENT"
+    ]
+
+
+def test_hadolint_passes_on_all_three_dockerfiles(patched_tree):
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", *DOCKERFILES],
+        cwd=patched_tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # every ignore is justified by a comment right above it
+    for name in DOCKERFILES:
+        lines = (patched_tree / name).read_text().splitlines()
+        for i, line in enumerate(lines):
+            if "hadolint" in line and "ignore=" in line:
+                context = lines[i - 1] if i else ""
+                follow = lines[i + 1] if i + 1 < len(lines) else ""
+                assert context.startswith("#") or follow.startswith(
+                    "#"
+                ), f"{name}:{i + 1}: unexplained ignore"
+
+
+def test_dockerfile_ck_is_optional_and_the_default_builds_as_before(pin_template, patched_tree):
+    before = instructions(pin_template / "docker/Dockerfile")
+    after = instructions(patched_tree / "docker/Dockerfile")
+    assert ("ARG", "ENABLE_CK=1") in after
+    aiter = [v for k, v in after if k == "RUN" and "git clone $AITER_REPO" in v]
+    assert len(aiter) == 1
+    build = aiter[0]
+    assert after.index(("ARG", "ENABLE_CK=1")) < after.index(("RUN", build))
+    conditional = re.search(r'if \[ "\$ENABLE_CK" = "1" \]; then (.*?); fi', build)
+    assert conditional and "git submodule update --init --recursive" in conditional[1]
+    assert "git submodule" not in build.replace(conditional[0], "")
+    assert "ENABLE_CK=$ENABLE_CK " in build and build.endswith("python3 setup.py develop")
+    # With ENABLE_CK=1 the step runs the commands it ran before (ENABLE_CK=1 is AITER's default).
+    as_before = build.replace(conditional[0], conditional[1]).replace("ENABLE_CK=$ENABLE_CK ", "")
+    old = next(v for k, v in before if k == "RUN" and "git clone $AITER_REPO" in v)
+    assert as_before == old
+    # Every other instruction is still there, in order; triton_kernels is installed.
+    rest = [i for i in after if i[1] != build]
+    it = iter(rest)
+    assert all(any(i == j for j in it) for i in before if i[1] != old)
+    assert any(k == "RUN" and "triton_kernels" in v and "pip install" in v for k, v in after)
+
+
+def test_wheels_builder_stages_arguments_and_output(patched_tree):
+    items = structure(patched_tree / "docker/Dockerfile.wheels")
+    stages = [
+        re.split(r"\s+AS\s+", i["value"], flags=re.IGNORECASE)[-1]
+        for i in items
+        if i["instruction"] == "FROM"
+    ]
+    assert stages == ["base", "torch", "with-torch", "triton", "flydsl", "mori", "aiter", "wheels"]
+    args = {i["value"].split("=", 1)[0] for i in items if i["instruction"] == "ARG"}
+    assert {
+        "TORCH_VERSION",
+        "TRITON_BRANCH",
+        "FLYDSL_COMMIT",
+        "MORI_COMMIT",
+        "AITER_COMMIT",
+    } <= args
+    assert [i["value"] for i in items if i["instruction"] == "FROM"][-1] == "scratch AS wheels"
+    copies = [i["value"] for i in items if i["instruction"] == "COPY"][-5:]
+    assert [c.split()[0] for c in copies] == [
+        f"--from={s}" for s in ("torch", "triton", "flydsl", "mori", "aiter")
+    ]
+    aiter = [i["value"] for i in items if i["instruction"] == "RUN" and "ENABLE_CK" in i["value"]]
+    assert len(aiter) == 1 and "ENABLE_CK=0" in aiter[0]
+    assert not any(
+        "submodule" in i["value"]
+        for i in items
+        if i["instruction"] == "RUN" and "aiter" in i["value"]
+    )
+    assert any(
+        "TRITON_BRANCH" in i["value"] and "3.5.x" in i["value"]
+        for i in items
+        if i["instruction"] == "ARG"
+    )
+
+
+def test_clean_image_compiles_nothing_and_mounts_the_wheels(patched_tree):
+    items = instructions(patched_tree / "docker/Dockerfile.clean")
+    runs = [v for k, v in items if k == "RUN"]
+    mounted = [r for r in runs if r.startswith("--mount=type=bind,from=wheels")]
+    assert len(mounted) == 1 and "pip install" in mounted[0]
+    assert not any(re.search(r"\b(git clone|setup\.py|make|cmake|pip wheel)\b", r) for r in runs)
+    assert ("ENV" in {k for k, _ in items}) and any(
+        "ATOM_CK_FREE=1" in v for k, v in items if k == "ENV"
+    )
+
+
+def context(tree: Path, ignore: pathspec.PathSpec | None) -> tuple[int, int]:
+    files = bytes_ = 0
+    for path in tree.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        rel = path.relative_to(tree).as_posix()
+        if ignore is not None and ignore.match_file(rel):
+            continue
+        files += 1
+        bytes_ += path.stat().st_size
+    return files, bytes_
+
+
+def test_dockerignore_shrinks_the_real_build_context(pin_template, patched_tree):
+    ignore = pathspec.PathSpec.from_lines(
+        "gitwildmatch", (patched_tree / ".dockerignore").read_text().splitlines()
+    )
+    without = context(pin_template, None)
+    with_ = context(pin_template, ignore)
+    print(
+        f"\nbuild context of ATOM at the pin: without .dockerignore {without[0]} files, {without[1]} bytes;"
+        f" with it {with_[0]} files, {with_[1]} bytes"
+        f" ({100 * (1 - with_[1] / without[1]):.1f}% fewer bytes)"
+    )
+    assert with_[1] < without[1] and with_[0] < without[0]
+    for kept in ("pyproject.toml", "README.md", "atom/__init__.py", "docker/Dockerfile.clean"):
+        assert not ignore.match_file(kept), kept
+    for dropped in (
+        ".git/HEAD",
+        "build/lib/x.py",
+        "dist/atom.whl",
+        "atom/__pycache__/a.pyc",
+        "a.egg-info/PKG-INFO",
+    ):
+        assert ignore.match_file(dropped), dropped
