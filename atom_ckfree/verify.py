@@ -40,14 +40,28 @@ def compile_errors(tree: Path, files: list[str]) -> list[str]:
     return errors
 
 
+def _ruff_config(tree: Path) -> list[str]:
+    """ATOM's own ruff configuration and nothing from this machine (a user-level
+    ruff.toml would otherwise apply); without one, ruff's defaults."""
+    for name in ("ruff.toml", ".ruff.toml"):
+        if (tree / name).exists():
+            return ["--config", str(tree / name)]
+    if "[tool.ruff" in (tree / "pyproject.toml").read_text():
+        return ["--config", str(tree / "pyproject.toml")]
+    return ["--isolated"]
+
+
 def lint_findings(tree: Path, files: list[str]) -> Counter:
-    """ruff's findings (ATOM's configuration: its own, or ruff's defaults, which
-    include pyflakes' undefined names and unused imports), by file, code and message."""
-    present = [f for f in _python(files) if (tree / f).is_file()]
+    """ruff's findings with ATOM's configuration (ruff's defaults include pyflakes'
+    undefined names and unused imports), by file, code and message."""
+    present = [
+        f for f in files if (f.endswith(".py") or f.endswith("pyproject.toml")) and (tree / f).is_file()
+    ]
     if not present:
         return Counter()
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "json", "--exit-zero", *present],
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "json", "--exit-zero",
+         *_ruff_config(tree), *present],
         cwd=tree,
         capture_output=True,
         text=True,

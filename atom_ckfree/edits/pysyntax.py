@@ -44,7 +44,12 @@ def same_code(node: cst.CSTNode, code: str) -> bool:
 
 
 def parse_statements(code: str) -> list[cst.BaseStatement]:
-    return list(cst.parse_module(textwrap.dedent(code).strip() + "\n").body)
+    module = cst.parse_module(textwrap.dedent(code).strip() + "\n")
+    body = list(module.body)
+    if module.header and body:  # libcst keeps leading comments in the module header
+        first = body[0]
+        body[0] = first.with_changes(leading_lines=[*module.header, *first.leading_lines])
+    return body
 
 
 def _stmt_form(stmt: cst.CSTNode) -> str:

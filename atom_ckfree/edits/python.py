@@ -199,7 +199,10 @@ class ReplaceStatement(PythonEdit):
         block = enclosing_block(scope, target)
         body = list(block.body)
         i = _index(block, target)
-        body[i : i + 1] = self.payload
+        payload = list(self.payload)
+        if not payload[0].leading_lines:  # keep the comment and blank lines above it
+            payload[0] = payload[0].with_changes(leading_lines=target.leading_lines)
+        body[i : i + 1] = payload
         return module.deep_replace(block, _with_body(block, body)), True
 
 

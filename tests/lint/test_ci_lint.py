@@ -5,27 +5,12 @@ output script's documented exit codes."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from collections import Counter
-from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-
-
-def tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.fail(f"{name} is not installed next to {sys.executable}: pip install -e '.[test]'")
-    return str(path)
-
-
-def run(args, cwd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, **kw)
+from atom_ckfree.verify import black_unclean, lint_findings
+from tests.tools import run, tool
 
 
 def test_actionlint_passes_on_every_workflow_the_series_touch(patched_tree, files_5_to_7):
@@ -55,38 +40,14 @@ def test_black_check_on_every_python_file_the_series_write(patched_tree, files_5
     files = python_files(files_5_to_7)
     if not files:
         pytest.skip("series 5-7 write no Python file yet")
-    result = run([tool("black"), "--check", "--quiet", *files], patched_tree)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def atom_ruff_config(tree: Path) -> list[str]:
-    """ATOM's own ruff configuration, and nothing from this machine (a user-level
-    ruff.toml would otherwise apply): at the pin ATOM has none, i.e. ruff's defaults."""
-    options = ["--no-cache", "--exit-zero", "--output-format=json"]
-    for name in ("ruff.toml", ".ruff.toml"):
-        if (tree / name).exists():
-            return [*options, "--config", str(tree / name)]
-    if "[tool.ruff" in (tree / "pyproject.toml").read_text():
-        return [*options, "--config", str(tree / "pyproject.toml")]
-    return [*options, "--isolated"]
-
-
-def ruff_findings(tree: Path, files: list[str]) -> Counter:
-    present = [f for f in files if (tree / f).exists()]
-    if not present:
-        return Counter()
-    result = run([tool("ruff"), "check", *atom_ruff_config(tree), *present], tree)
-    return Counter(
-        (Path(d["filename"]).relative_to(tree).as_posix(), d["code"], d["message"])
-        for d in json.loads(result.stdout)
-    )
+    assert black_unclean(patched_tree, files) == set()
 
 
 def test_no_new_ruff_findings_in_the_files_the_series_write(
     pin_template, patched_tree, files_5_to_7
 ):
     files = python_files(files_5_to_7) + ["pyproject.toml"]
-    new = ruff_findings(patched_tree, files) - ruff_findings(pin_template, files)
+    new = lint_findings(patched_tree, files) - lint_findings(pin_template, files)
     assert not new, "\n".join(f"{f}: {code} {msg} (x{n})" for (f, code, msg), n in new.items())
 
 

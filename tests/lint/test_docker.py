@@ -4,9 +4,7 @@ promises, and .dockerignore shrinks the real build context."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,16 +12,11 @@ import pathspec
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from tests.tools import tool
+
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
 DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.wheels", "docker/Dockerfile.clean"]
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(os.sys.executable).parent))
-    if not found:
-        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
-    return found
 
 
 def structure(path: Path) -> list[dict]:

@@ -348,3 +348,17 @@ def test_present_if_recognises_an_upstream_fix_in_another_form():
     assert not changed and got == upstream_fixed
     got, changed = run(edit, src(LOADER))
     assert changed and "else:" in got
+
+
+def test_comments_leading_a_payload_are_kept():
+    got, _ = run(
+        InsertStatements("c", "Loader.load", "# why\nx = 1", before=stmt("return offset")),
+        src(LOADER),
+    )
+    assert "        # why\n        x = 1\n        return offset" in got
+
+
+def test_replace_statement_keeps_the_comment_above_the_old_one():
+    before = src(LOADER).replace("        return offset", "        # the result\n        return offset")
+    got, _ = run(ReplaceStatement("r", "Loader.load", stmt("return offset"), "return -offset"), before)
+    assert "        # the result\n        return -offset" in got

@@ -95,7 +95,7 @@ def mha_forward(
     return attn, layer, metadata, out
 
 
-MLA_DIMS = dict(heads=2, nope=16, rope=8, v=16, lora=32)
+MLA_DIMS = {"heads": 2, "nope": 16, "rope": 8, "v": 16, "lora": 32}
 
 
 def mla_attention(module, kv_dtype: str = "bf16"):
@@ -171,3 +171,23 @@ def mla_decode(module, max_seqlen_q=1, kv_dtype="bf16", batch=3):
     q = torch.randn(batch * max_seqlen_q, d["heads"], d["lora"] + d["rope"]).to(dtype)
     cache = torch.zeros(16, 1, d["lora"] + d["rope"]).to(dtype)
     return attn._forward_decode(q, cache, meta)
+
+
+def mla_prefill_paged(module, max_seqlen_q=1, kv_dtype="bf16", batch=3):
+    """``MLAAttention._forward_prefill_mla``: prefill over the paged KV cache
+    (``mla_decode_fwd`` / ``mla_prefill_fwd``), ``max_seqlen_q`` query tokens a
+    sequence; Q and the cache in FP8 with an FP8 cache, as ATOM quantises them,
+    else in the model dtype (ATOM's ``q_out`` and cache dtype without FP8)."""
+    d = MLA_DIMS
+    attn = mla_attention(module, kv_dtype)
+    meta = types.SimpleNamespace(
+        kv_indptr=torch.tensor([0, 2, 5, 6], dtype=torch.int32)[: batch + 1],
+        kv_indices=torch.arange(6, dtype=torch.int32),
+        cu_seqlens_q=torch.arange(batch + 1, dtype=torch.int32) * max_seqlen_q,
+        kv_last_page_lens=torch.ones(batch, dtype=torch.int32),
+        max_seqlen_q=max_seqlen_q,
+    )
+    dtype = torch.float8_e4m3fnuz if kv_dtype == "fp8" else attn.dtype
+    q = torch.randn(batch * max_seqlen_q, d["heads"], d["lora"] + d["rope"]).to(dtype)
+    cache = torch.randn(16, 1, d["lora"] + d["rope"]).to(dtype)
+    return attn._forward_prefill_mla(q, cache, meta)
