@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fake_aiter.harness import mha_forward, mla_decode, mla_prefill_mha
+from fake_aiter.harness import (
+    mha_forward,
+    mla_decode,
+    mla_prefill_mha,
+    mla_prefill_paged,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -112,11 +117,29 @@ def test_mha_ck_free_routing(
         assert names[-1] == expected
 
 
+# MLA phases: prefill through flash_attn_varlen_func / the SDPA fallback
+# (_forward_prefill_mha), prefill over the paged cache (_forward_prefill_mla:
+# mla_decode_fwd / mla_prefill_fwd), decode. kv_dtype "fp8" is MLA fp8 on
+# (FP8 cache and FP8 Q with scales), "bf16" is fp8 off.
+MLA_PHASES = ("prefill", "prefill_paged", "decode")
 MLA = [
     pytest.mark.parametrize("kv_dtype", KV_DTYPES),
     pytest.mark.parametrize("max_seqlen_q", MAX_SEQLEN_Q),
-    pytest.mark.parametrize("phase", PHASES),
+    pytest.mark.parametrize("phase", MLA_PHASES),
 ]
+
+
+def intended_difference(phase, kv_dtype, max_seqlen_q) -> bool:
+    """The one MLA cell where the patch changes the pin on purpose, flag off too.
+
+    The pin's _forward_prefill_mla gives every FP8 prefill to mla_decode_fwd with
+    FP8 scales, whatever max_seqlen_q; mla_decode_fwd supports FP8 scales for
+    one query token per sequence only (the RFC's "mla_decode_fwd limitation").
+    Upstream only reaches this method on the sparse (DeepSeek-V3.2) path, which
+    forces max_seqlen_q to 1, so no reachable upstream call changes; a paged
+    FP8 prefill of longer queries would call the kernel outside its support, so
+    the fix (mla_prefill_fwd on Q/KV cast to the model dtype) applies always."""
+    return phase == "prefill_paged" and kv_dtype == "fp8" and max_seqlen_q > 1
 
 
 def with_mla_grid(fn):
@@ -132,6 +155,8 @@ def run_mla(entry, label, phase, kv_dtype, max_seqlen_q):
     if phase == "prefill":
         lens = (4, 1, 3) if max_seqlen_q > 1 else (1, 1, 1)
         mla_prefill_mha(module, lens=lens, kv_dtype=kv_dtype)
+    elif phase == "prefill_paged":
+        mla_prefill_paged(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
     else:
         mla_decode(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
     return list(entry["fake"].trace)
@@ -145,7 +170,22 @@ def test_mla_flag_off_with_ck_is_upstream(
     monkeypatch.delenv("ATOM_USE_TRITON_MLA_DECODE", raising=False)
     entry = attention_modules(True)
     pin = run_mla(entry, "pin", phase, kv_dtype, max_seqlen_q)
-    assert pin and run_mla(entry, "patched", phase, kv_dtype, max_seqlen_q) == pin
+    patched = run_mla(entry, "patched", phase, kv_dtype, max_seqlen_q)
+    assert pin
+    if not intended_difference(phase, kv_dtype, max_seqlen_q):
+        assert patched == pin
+        return
+    # the pin: FP8 Q and cache with scales into mla_decode_fwd, max_seqlen_q > 1
+    [(name, args, kwargs)] = pin
+    assert name == "aiter.mla.mla_decode_fwd" and args[7] == max_seqlen_q
+    assert {k for k, _ in kwargs} == {"q_scale", "kv_scale"}
+    # patched: the same call to mla_prefill_fwd, Q and cache in the model dtype
+    [(p_name, p_args, p_kwargs)] = patched
+    model = ("float32",)  # the harness's MLAAttention dtype
+    assert p_name == "aiter.mla.mla_prefill_fwd" and p_kwargs == ()
+    assert p_args[0][2:] == model and p_args[1][2:] == model
+    assert p_args[0][:2] == args[0][:2] and p_args[1][:2] == args[1][:2]
+    assert p_args[2:] == args[2:]
 
 
 @pytest.mark.parametrize(
@@ -161,6 +201,11 @@ def test_mla_ck_free_routing(
     assert entry["fake"].touched_ck() == []
     if phase == "prefill":
         assert names == []  # batched SDPA in torch, no AITER call
+    elif phase == "prefill_paged":
+        fp8_scales = kv_dtype == "fp8" and max_seqlen_q == 1
+        assert names == [
+            "aiter.mla.mla_decode_fwd" if fp8_scales else "aiter.mla.mla_prefill_fwd"
+        ]
     elif max_seqlen_q == 1:
         assert names == [
             "aiter.ops.triton.attention.mla_decode_rope.decode_attention_fwd_grouped_rope"
