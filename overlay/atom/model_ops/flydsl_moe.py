@@ -1,5 +1,4 @@
-# SPDX-License-Identifier: MIT
-# Copyright (C) 2026, atom-ckfree contributors.
+# SPDX-License-Identifier: Apache-2.0
 """FlyDSL fused-MoE backend for ATOM's CK-free mode (RFC PR 4).
 
 Pipeline (all steps on the device, no host synchronisation, CUDA-graph friendly
@@ -93,7 +92,6 @@ FLYDSL_MOE_MODULES = (
 FP8_DTYPES = (torch.float8_e4m3fnuz, torch.float8_e4m3fn)
 
 _TOKEN_BITS = 24
-_TOKEN_MASK = (1 << _TOKEN_BITS) - 1
 _SHUFFLE_N = 16  # rows per preshuffle tile
 _SHUFFLE_K_BYTES = 16  # bytes per row chunk of a preshuffle tile (one 128-bit load)
 

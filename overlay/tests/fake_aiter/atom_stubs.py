@@ -39,9 +39,10 @@ def prepare(atom_root: str | Path | None = None) -> None:
         if root not in sys.path:
             sys.path.insert(0, root)
     for name in ("zmq", "zmq.asyncio", "xxhash"):
-        if (
-            name not in sys.modules
-            and importlib.util.find_spec(name.split(".")[0]) is None
+        top = name.split(".")[0]
+        stubbed = isinstance(sys.modules.get(top), MagicMock)
+        if name not in sys.modules and (
+            stubbed or importlib.util.find_spec(top) is None
         ):
             sys.modules[name] = MagicMock()
     if "atom.utils.custom_register" not in sys.modules:

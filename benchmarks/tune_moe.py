@@ -1,0 +1,188 @@
+"""Tune the launch configurations of the Triton FP8 MoE pipeline on this card.
+
+    python benchmarks/tune_moe.py [--shapes dsv3-tp8,mixtral] [--ms 1,8,32]
+                                  [--budget-s 300] [--reps 10]
+
+For each (shape, M) it starts from the current configuration
+(``get_moe_config``) and does coordinate descent over the knobs (block_m, the
+GEMM tiles, warps, stages, GEMM2 split-K, grouped ordering, where the activations
+are quantised, the top-k reduction), two passes, timing each candidate as the
+benchmark does (one CUDA graph, L2 flushed, median). Candidates that do not
+compile (shared memory) or give a wrong result are skipped. The whole run stops
+at ``--budget-s``.
+
+Writes ``benchmarks/results/tuned_<card>.json`` and prints the entries to paste
+into ``MOE_CONFIGS`` in overlay/atom/model_ops/triton_moe.py, keyed
+``(device name, E, N, K)``: each tuned M that beat the heuristic by > 3 % becomes
+an exact bucket (``{M - 1: None, M: config}``; None = use the heuristic). Widen a
+bucket by hand where neighbouring M values were checked to share the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import pprint
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import moe_bench as mb
+
+SPACE = {
+    "block_m": [16, 32, 64, 128],
+    "bn1": [16, 32, 64, 128],
+    "bk1": [64, 128],
+    "w1": [4, 8],
+    "s1": [2, 3, 4, 5],
+    "bn2": [32, 64, 128, 256],
+    "bk2": [64, 128],
+    "w2": [4, 8],
+    "s2": [2, 3, 4, 5],
+    "split_k2": [1, 2, 4, 8],
+    "group_m": [1, 8],
+    "quant_x": [False, True],
+    "quant_h": [False, True],
+    "reduce": ["atomic", "buffer"],
+}
+ORDER = [
+    "block_m",
+    "bn1",
+    "bn2",
+    "split_k2",
+    "w1",
+    "s1",
+    "w2",
+    "s2",
+    "quant_x",
+    "quant_h",
+    "reduce",
+    "group_m",
+    "bk1",
+    "bk2",
+]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=",".join(mb.SHAPES))
+    ap.add_argument("--ms", default=",".join(map(str, mb.MS)))
+    ap.add_argument(
+        "--cells",
+        default="",
+        help="shape:M,... to tune only these cells (overrides --shapes/--ms)",
+    )
+    ap.add_argument("--budget-s", type=float, default=300)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--out", default=str(mb.ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    deadline = time.time() + args.budget_s
+
+    tm = mb.load_triton_moe("atom_ckfree_triton_moe_tune", interpret=False)
+    card = torch.cuda.get_device_name()
+    flush = mb.L2Flush()
+    tuned = {}
+    plan = {}
+    if args.cells:
+        for cell in args.cells.split(","):
+            name, m = cell.split(":")
+            plan.setdefault(name, []).append(int(m))
+    else:
+        ms = [int(m) for m in args.ms.split(",")]
+        plan = {name: ms for name in args.shapes.split(",")}
+    for name, ms in plan.items():
+        tune_shape(tm, name, ms, args, deadline, card, flush, tuned)
+        torch.cuda.empty_cache()
+
+    # Exact buckets: a tuned M gets its config, the M values between fall back to
+    # the heuristic (None bucket); only configs that beat the start by > 3 %.
+    entries = {}
+    for key, per_m in tuned.items():
+        _, E, N, K = key.split("|")
+        table = {}
+        for m in sorted(per_m):
+            if not per_m[m]["ms"] < 0.97 * per_m[m]["start_ms"]:
+                continue
+            if m > 1:
+                table[m - 1] = None
+            table[m] = per_m[m]["cfg"]
+        if table:
+            entries[(card, int(E), int(N), int(K))] = table
+    snippet = pprint.pformat(entries, width=88, sort_dicts=False)
+    print("# paste into MOE_CONFIGS:\n" + snippet, flush=True)
+    out_dir = pathlib.Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "_" for c in card).strip("_")
+    payload = json.dumps({"card": card, "tuned": tuned}, indent=1)
+    (out_dir / f"tuned_{slug}.json").write_text(payload)
+    (out_dir / f"tuned_{slug}.py.txt").write_text(snippet + "\n")
+    if os.environ.get("OUT"):
+        (pathlib.Path(os.environ["OUT"]) / f"tuned_{slug}.json").write_text(payload)
+        (pathlib.Path(os.environ["OUT"]) / f"tuned_{slug}.py.txt").write_text(snippet)
+    return 0
+
+
+def tune_shape(tm, name, ms, args, deadline, card, flush, tuned):
+    E, top_k, K, N, mode = mb.SHAPES[name]
+    w13, w2, s13, s2, bs = mb.make_weights(E, K, N, mode)
+    for M in ms:
+        if time.time() > deadline:
+            break
+        x, tw, ti = mb.make_routing(M, E, top_k, K, seed=M)
+        nchk = min(M, 64)
+        ref = mb.moe_reference(x[:nchk], w13, w2, tw[:nchk], ti[:nchk], s13, s2, bs)
+
+        def measure(cfg, x=x, tw=tw, ti=ti, ref=ref, nchk=nchk):
+            def fn():
+                return tm.fused_moe_fp8(
+                    x,
+                    w13,
+                    w2,
+                    tw,
+                    ti,
+                    w13_scale=s13,
+                    w2_scale=s2,
+                    block_shape=bs,
+                    config=cfg,
+                )
+
+            try:
+                out = fn()
+                torch.cuda.synchronize()
+            except Exception:  # noqa: BLE001 - out of resources and the like: skip
+                return float("inf")
+            err = mb.rel_err(out[:nchk], ref)
+            if not err < mb.FULL_TOL:
+                return float("inf")
+            return mb.time_graph(fn, args.reps, flush)
+
+        best = tm.get_moe_config(card, E, N, K, M, num_cols=top_k)
+        best_t = measure(best)
+        start_t = best_t
+        for _ in range(args.passes):
+            for knob in ORDER:
+                for v in SPACE[knob]:
+                    if v == best[knob] or time.time() > deadline:
+                        continue
+                    cand = dict(best, **{knob: v})
+                    t = measure(cand)
+                    if t < best_t * 0.98:
+                        best, best_t = cand, t
+        mb.log(
+            f"[{name}] M={M}: {start_t:.4f} -> {best_t:.4f} ms  "
+            f"{ {k: best[k] for k in ORDER} }"
+        )
+        tuned.setdefault(f"{name}|{E}|{N}|{K}", {})[M] = {
+            "cfg": {k: best[k] for k in ORDER},
+            "ms": best_t,
+            "start_ms": start_t,
+        }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
