@@ -88,14 +88,18 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
             continue
         fmt = FORMATS[edits[0].format]
         doc = fmt.parse(text)
+        edited = False  # once an edit changed the document, its lines are not the file's
         for edit in edits:
             try:
                 doc, changed = edit.apply(doc)
             except Conflict as conflict:
-                plan.units.append(Unit(path, edit.id, CONFLICT, _on_original(edit, fmt, text, conflict)))
+                if edited:
+                    conflict = _on_original(edit, fmt, text, conflict)
+                plan.units.append(Unit(path, edit.id, CONFLICT, conflict))
                 continue
+            edited = edited or changed
             plan.units.append(Unit(path, edit.id, PENDING if changed else APPLIED))
-        if any(u.state == PENDING for u in plan.units if u.file == path):
+        if edited:
             plan.after[path] = fmt.finish(text, fmt.render(doc))
         else:
             plan.after[path] = text

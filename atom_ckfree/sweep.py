@@ -11,6 +11,7 @@ so bisecting costs no checkout).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import tempfile
@@ -136,13 +137,26 @@ def sweep_commit(
     all_series: list[Series],
     checks: tuple[str, ...],
     patches: dict[int, str] | None = None,
+    previous: CommitReport | None = None,
 ) -> CommitReport:
+    """Verdicts at ``commit``. A series whose files are the same as at ``previous``
+    keeps its verdict there, unless the tests run (they see the whole tree)."""
     tree = scratch.at(commit)
     date, subject = git(tree.path, "log", "-1", "--format=%cs%x00%s", commit).split("\0")
-    files = sorted({f for s in all_series for f in s.files})
-    before = verify.baseline(tree.path, files, checks)
+    kept = {}
+    if previous is not None and "tests" not in checks:
+        kept = {
+            v.series: v
+            for series, v in zip(all_series, previous.verdicts)
+            if not git(tree.path, "diff", "--name-only", previous.commit, commit, "--", *series.files)
+        }
+    fresh = [s for s in all_series if s.number not in kept]
+    before = verify.baseline(tree.path, sorted({f for s in fresh for f in s.files}), checks)
     verdicts = []
     for series in all_series:
+        if series.number in kept:
+            verdicts.append(dataclasses.replace(kept[series.number], culprit=None))
+            continue
         plan = engine.plan_series(series, tree.read)
         verdict = Verdict(series.number, series.name, "")
         verdict.upstream_edits = [
@@ -211,10 +225,11 @@ def sweep(
     scratch = Scratch(repo)
     try:
         patches = pin_patches(scratch, pin, all_series) if pin else None
-        reports = []
+        reports: list[CommitReport] = []
         for index, commit in enumerate(commits):
             progress(index + 1, len(commits), commit)
-            reports.append(sweep_commit(scratch, commit, all_series, checks, patches))
+            previous = reports[-1] if reports else None
+            reports.append(sweep_commit(scratch, commit, all_series, checks, patches, previous))
     finally:
         scratch.close()
     by_number = {s.number: s for s in all_series}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import textwrap
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -60,8 +61,10 @@ def statements_equal(a: cst.CSTNode, b: cst.CSTNode) -> bool:
     return _stmt_form(a) == _stmt_form(b)
 
 
+@functools.lru_cache(maxsize=8)
 def lines_of(module: cst.Module) -> Callable[[cst.CSTNode], int]:
-    """A function giving a node's 1-based start line in ``module`` (computed lazily)."""
+    """A function giving a node's 1-based start line in ``module`` (positions are
+    computed once per module: a drifted file reports many conflicts)."""
     positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
     return lambda node: positions[node].start.line
 
