@@ -11,9 +11,9 @@ import difflib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .edits import FORMATS, Conflict
 from .errors import UserError
@@ -83,12 +83,16 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
         text = read(path)
         plan.before[path] = text
         if text is None:
-            missing = Conflict(edits[0].id, f"the file {path}", "no such file in the tree")
+            missing = Conflict(
+                edits[0].id, f"the file {path}", "no such file in the tree"
+            )
             plan.units += [Unit(path, e.id, CONFLICT, missing) for e in edits]
             continue
         fmt = FORMATS[edits[0].format]
         doc = fmt.parse(text)
-        edited = False  # once an edit changed the document, its lines are not the file's
+        edited = (
+            False  # once an edit changed the document, its lines are not the file's
+        )
         for edit in edits:
             try:
                 doc, changed = edit.apply(doc)
@@ -115,7 +119,12 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
         else:
             found = f"{path} exists with other content ({len(have.splitlines())} lines)"
             plan.units.append(
-                Unit(path, f"overlay:{path}", CONFLICT, Conflict(f"overlay:{path}", "no file, or ours", found, 1))
+                Unit(
+                    path,
+                    f"overlay:{path}",
+                    CONFLICT,
+                    Conflict(f"overlay:{path}", "no file, or ours", found, 1),
+                )
             )
     return plan
 
@@ -202,7 +211,9 @@ def _check_clean(tree: AtomTree, current: dict[int, SeriesPlan]) -> None:
     ours = {f for p in current.values() if p.state == "applied" for f in p.series.files}
     foreign = [p for p in tree.changed_paths() if p not in ours]
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
         raise UserError(
             f"{tree.path} has uncommitted changes: {shown}",
             "commit or stash them first, or pass --allow-dirty",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import engine
 from .errors import UserError
@@ -53,11 +53,15 @@ def closure(series: Series, by_number: dict[int, Series]) -> list[Series]:
     return [by_number[n] for n in sorted(needed)]
 
 
-def pr_body(series: Series, base_branch: str, extra: list[Series], files: list[str]) -> str:
+def pr_body(
+    series: Series, base_branch: str, extra: list[Series], files: list[str]
+) -> str:
     lines = [f"# {series.title}", "", series.description, ""]
     if series.depends_on:
         lines += ["## Depends on", ""]
-        lines += [f"- `{BRANCH_PREFIX}{d:02d}-…` (series {d})" for d in series.depends_on]
+        lines += [
+            f"- `{BRANCH_PREFIX}{d:02d}-…` (series {d})" for d in series.depends_on
+        ]
         lines.append("")
     if extra:
         lines.append(
@@ -80,7 +84,9 @@ def pr_body(series: Series, base_branch: str, extra: list[Series], files: list[s
 
 def _resolve_placeholders(text: str, by_number: dict[int, Series]) -> str:
     for number, series in by_number.items():
-        text = text.replace(f"`{BRANCH_PREFIX}{number:02d}-…`", f"`{branch_name(series)}`")
+        text = text.replace(
+            f"`{BRANCH_PREFIX}{number:02d}-…`", f"`{branch_name(series)}`"
+        )
     return text
 
 
@@ -96,11 +102,19 @@ def export(
     progress: Callable[[Series], None] = lambda s: None,
 ) -> list[ExportedSeries]:
     by_number = {s.number: s for s in all_series}
-    base_sha = git(tree.path, "rev-parse", "--verify", f"{base}^{{commit}}", check=False)
+    base_sha = git(
+        tree.path, "rev-parse", "--verify", f"{base}^{{commit}}", check=False
+    )
     if not base_sha:
-        raise UserError(f"{base} is not a commit in {tree.path}", "give --base a commit, branch or tag")
+        raise UserError(
+            f"{base} is not a commit in {tree.path}",
+            "give --base a commit, branch or tag",
+        )
     if tree.changed_paths():
-        raise UserError(f"{tree.path} has uncommitted changes", "export works from a clean work tree: commit or stash first")
+        raise UserError(
+            f"{tree.path} has uncommitted changes",
+            "export works from a clean work tree: commit or stash first",
+        )
     chosen = {s.number for s in selected}
     for s in selected:
         missing = [d for d in s.depends_on if d not in chosen]
@@ -127,7 +141,14 @@ def export(
         for series in selected:
             progress(series)
             exported[series.number] = _build(
-                AtomTree(work, identity), series, all_series, by_number, exported, base_sha, pr_base, out
+                AtomTree(work, identity),
+                series,
+                all_series,
+                by_number,
+                exported,
+                base_sha,
+                pr_base,
+                out,
             )
     finally:
         git(tree.path, "worktree", "remove", "--force", str(work), check=False)
@@ -137,16 +158,23 @@ def export(
         try:
             git(tree.path, "push", "--force-with-lease", "-q", push, *refs)
         except subprocess.CalledProcessError as error:
-            raise UserError(f"push to {push} failed: {error.stderr.strip()}", "check the remote and its branches") from error
+            raise UserError(
+                f"push to {push} failed: {error.stderr.strip()}",
+                "check the remote and its branches",
+            ) from error
     return list(exported.values())
 
 
-def _build(work, series, all_series, by_number, exported, base_sha, pr_base, out) -> ExportedSeries:
+def _build(
+    work, series, all_series, by_number, exported, base_sha, pr_base, out
+) -> ExportedSeries:
     parent = max(series.depends_on, default=None)
     start = exported[parent].commit if parent else base_sha
     base_branch = exported[parent].branch if parent else pr_base
     git(work.path, "checkout", "-q", "--detach", start)
-    have = {s.number for s in closure(by_number[parent], by_number)} if parent else set()
+    have = (
+        {s.number for s in closure(by_number[parent], by_number)} if parent else set()
+    )
     extra = [s for s in closure(series, by_number)[:-1] if s.number not in have]
     results = engine.apply(work, extra + [series], all_series, commit=True)
     bad = [r for r in results if r.outcome not in ("applied", "already applied")]
@@ -157,15 +185,28 @@ def _build(work, series, all_series, by_number, exported, base_sha, pr_base, out
         )
     commit = work.head()
     branch = branch_name(series)
-    old = git(work.path, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False)
+    old = git(
+        work.path, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False
+    )
     git(work.path, "branch", "-f", branch, commit)
 
     files = git(work.path, "diff", "--name-only", f"{commit}^", commit).splitlines()
     body = out / f"{series.name}.md"
-    body.write_text(_resolve_placeholders(pr_body(series, base_branch, extra, files), by_number))
+    body.write_text(
+        _resolve_placeholders(pr_body(series, base_branch, extra, files), by_number)
+    )
     patch_dir = out / series.name
     shutil.rmtree(patch_dir, ignore_errors=True)
-    patches = git(work.path, "format-patch", "-q", "-o", str(patch_dir), f"{commit}^..{commit}").splitlines()
+    patches = git(
+        work.path, "format-patch", "-q", "-o", str(patch_dir), f"{commit}^..{commit}"
+    ).splitlines()
     return ExportedSeries(
-        series, branch, base_branch, commit, old != commit, extra, body, [Path(p) for p in patches]
+        series,
+        branch,
+        base_branch,
+        commit,
+        old != commit,
+        extra,
+        body,
+        [Path(p) for p in patches],
     )

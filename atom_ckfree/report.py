@@ -29,7 +29,13 @@ _STYLE = {
 
 def conflict_data(unit: Unit) -> dict[str, Any]:
     c = unit.conflict
-    return {"file": unit.file, "line": c.line, "edit": unit.id, "expected": c.expected, "found": c.found}
+    return {
+        "file": unit.file,
+        "line": c.line,
+        "edit": unit.id,
+        "expected": c.expected,
+        "found": c.found,
+    }
 
 
 def conflict_text(series_number: int, unit: Unit) -> str:
@@ -52,7 +58,12 @@ def plan_data(plan: SeriesPlan) -> dict[str, Any]:
 
 def result_data(result: SeriesResult) -> dict[str, Any]:
     s = result.series
-    data: dict[str, Any] = {"series": s.number, "name": s.name, "title": s.title, "outcome": result.outcome}
+    data: dict[str, Any] = {
+        "series": s.number,
+        "name": s.name,
+        "title": s.title,
+        "outcome": result.outcome,
+    }
     if result.plan is not None:
         data["files"] = sorted(result.plan.changes)
         data["conflicts"] = [conflict_data(u) for u in result.plan.conflicts]
@@ -91,23 +102,39 @@ def show_status(plans: list[SeriesPlan]) -> None:
     grid = table("#", "series", "state", "edits applied", "title")
     for plan in plans:
         done = sum(u.state == "applied" for u in plan.units)
-        grid.add_row(str(plan.series.number), plan.series.slug, _styled(plan.state), f"{done}/{len(plan.units)}", plan.series.title)
+        grid.add_row(
+            str(plan.series.number),
+            plan.series.slug,
+            _styled(plan.state),
+            f"{done}/{len(plan.units)}",
+            plan.series.title,
+        )
     console.print(grid)
     for plan in plans:
         for unit in plan.conflicts:
-            errors.print(f"[red]conflict[/] {escape(conflict_text(plan.series.number, unit))}")
+            errors.print(
+                f"[red]conflict[/] {escape(conflict_text(plan.series.number, unit))}"
+            )
 
 
 def show_results(results: list[SeriesResult]) -> None:
     grid = table("#", "series", "outcome", "files", "commit")
     for r in results:
         files = len(r.plan.changes) if r.plan is not None else 0
-        grid.add_row(str(r.series.number), r.series.slug, _styled(r.outcome), str(files), (r.commit or "")[:12])
+        grid.add_row(
+            str(r.series.number),
+            r.series.slug,
+            _styled(r.outcome),
+            str(files),
+            (r.commit or "")[:12],
+        )
     console.print(grid)
     for r in results:
         if r.plan is not None:
             for unit in r.plan.conflicts:
-                errors.print(f"[red]conflict[/] {escape(conflict_text(r.series.number, unit))}")
+                errors.print(
+                    f"[red]conflict[/] {escape(conflict_text(r.series.number, unit))}"
+                )
 
 
 def _cell(text: str) -> str:
@@ -125,7 +152,9 @@ def sweep_markdown(reports, rows: list[dict] | None) -> str:
     ]
     for v in last.verdicts:
         three = {True: "applies", False: "fails", None: "–"}[v.three_way]
-        detail = "<br>".join(_cell(d) for d in v.details[:5]) + (" …" if len(v.details) > 5 else "")
+        detail = "<br>".join(_cell(d) for d in v.details[:5]) + (
+            " …" if len(v.details) > 5 else ""
+        )
         if v.culprit:
             detail += f"<br>broken by upstream `{v.culprit[:12]}`"
         lines.append(
@@ -134,8 +163,10 @@ def sweep_markdown(reports, rows: list[dict] | None) -> str:
     if rows:
         lines += [
             "",
-            f"### History: {len(reports)} upstream commits sampled, "
-            f"`{reports[0].commit[:12]}` ({reports[0].date}) to `{last.commit[:12]}` ({last.date})",
+            (
+                f"### History: {len(reports)} upstream commits sampled, "
+                f"`{reports[0].commit[:12]}` ({reports[0].date}) to `{last.commit[:12]}` ({last.date})"
+            ),
             "",
             "| # | series | good samples | first break (semantic) | culprit | `--3way` good samples | first break (`--3way`) |",
             "|---|---|---|---|---|---|---|",
@@ -146,7 +177,11 @@ def sweep_markdown(reports, rows: list[dict] | None) -> str:
             brk3 = row["three_way_first_break"]
             lines.append(
                 f"| {row['series']} | {row['name']} | {row['good_samples']}/{row['samples']} | "
-                + (f"`{brk[:12]}` ({dates[brk]}, {row['first_break_verdict']})" if brk else "never")
+                + (
+                    f"`{brk[:12]}` ({dates[brk]}, {row['first_break_verdict']})"
+                    if brk
+                    else "never"
+                )
                 + f" | {('`' + row['culprit'][:12] + '`') if row['culprit'] else '–'} | "
                 + f"{row['three_way_good_samples']}/{row['samples']} | "
                 + (f"`{brk3[:12]}` ({dates[brk3]})" if brk3 else "never")
@@ -171,7 +206,15 @@ def show_sweep(reports, rows: list[dict] | None) -> None:
         )
     console.print(grid)
     if rows:
-        grid = table("#", "series", "good", "first break", "culprit", "--3way good", "--3way break")
+        grid = table(
+            "#",
+            "series",
+            "good",
+            "first break",
+            "culprit",
+            "--3way good",
+            "--3way break",
+        )
         for row in rows:
             grid.add_row(
                 str(row["series"]),

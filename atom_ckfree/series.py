@@ -69,7 +69,9 @@ class Series:
             edits = list(module.EDITS)
             formats = {e.format for e in edits}
             if len(formats) != 1 or formats - set(FORMATS):
-                raise ValueError(f"{path}: edits of one known format expected, got {formats}")
+                raise ValueError(
+                    f"{path}: edits of one known format expected, got {formats}"
+                )
             loaded[target] = edits
         return loaded
 
@@ -94,7 +96,11 @@ def load_series(folder: Path) -> Series:
 def load_all(root: Path | None = None) -> list[Series]:
     root = root or project_root()
     found = sorted(
-        (load_series(d) for d in (root / "patches").iterdir() if (d / "series.toml").is_file()),
+        (
+            load_series(d)
+            for d in (root / "patches").iterdir()
+            if (d / "series.toml").is_file()
+        ),
         key=lambda s: s.number,
     )
     numbers = [s.number for s in found]
@@ -117,14 +123,21 @@ def select(spec: str, available: list[Series]) -> list[Series]:
     for part in spec.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match:
-            raise UserError(f"cannot read series {part.strip()!r}", f"use e.g. 1,2 or 1-4 or {valid}")
+            raise UserError(
+                f"cannot read series {part.strip()!r}",
+                f"use e.g. 1,2 or 1-4 or {valid}",
+            )
         low, high = int(match[1]), int(match[2] or match[1])
         if low > high:
-            raise UserError(f"empty series range {part.strip()!r}", "write the lower number first")
+            raise UserError(
+                f"empty series range {part.strip()!r}", "write the lower number first"
+            )
         for number in range(low, high + 1):
             if number not in by_number:
                 raise UserError(f"unknown series {number}", f"choose from {valid}")
             if number in chosen:
-                raise UserError(f"series {number} is given twice in {spec!r}", "name each once")
+                raise UserError(
+                    f"series {number} is given twice in {spec!r}", "name each once"
+                )
             chosen.append(number)
     return [by_number[n] for n in sorted(chosen)]

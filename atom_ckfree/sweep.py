@@ -12,12 +12,13 @@ so bisecting costs no checkout).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import engine, verify
 from .series import Series
@@ -73,7 +74,10 @@ def _conflict_lines(plan: engine.SeriesPlan) -> list[str]:
 def git_reader(repo: Path, commit: str) -> engine.Reader:
     def read(path: str) -> str | None:
         result = subprocess.run(
-            ["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, text=True
+            ["git", "show", f"{commit}:{path}"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
         )
         return result.stdout if result.returncode == 0 else None
 
@@ -115,8 +119,18 @@ def pin_patches(scratch: Scratch, pin: str, all_series: list[Series]) -> dict[in
             continue
         engine.write(tree, plan, commit=False, total=len(all_series))
         git(tree.path, "add", "-A")
-        patches[series.number] = git(tree.path, "diff", "--cached", "--binary", strip=False)
-        git(tree.path, "commit", "-q", "--no-verify", "-m", series.name, env=_SWEEP_IDENTITY)
+        patches[series.number] = git(
+            tree.path, "diff", "--cached", "--binary", strip=False
+        )
+        git(
+            tree.path,
+            "commit",
+            "-q",
+            "--no-verify",
+            "-m",
+            series.name,
+            env=_SWEEP_IDENTITY,
+        )
     return patches
 
 
@@ -142,16 +156,28 @@ def sweep_commit(
     """Verdicts at ``commit``. A series whose files are the same as at ``previous``
     keeps its verdict there, unless the tests run (they see the whole tree)."""
     tree = scratch.at(commit)
-    date, subject = git(tree.path, "log", "-1", "--format=%cs%x00%s", commit).split("\0")
+    date, subject = git(tree.path, "log", "-1", "--format=%cs%x00%s", commit).split(
+        "\0"
+    )
     kept = {}
     if previous is not None and "tests" not in checks:
         kept = {
             v.series: v
             for series, v in zip(all_series, previous.verdicts)
-            if not git(tree.path, "diff", "--name-only", previous.commit, commit, "--", *series.files)
+            if not git(
+                tree.path,
+                "diff",
+                "--name-only",
+                previous.commit,
+                commit,
+                "--",
+                *series.files,
+            )
         }
     fresh = [s for s in all_series if s.number not in kept]
-    before = verify.baseline(tree.path, sorted({f for s in fresh for f in s.files}), checks)
+    before = verify.baseline(
+        tree.path, sorted({f for s in fresh for f in s.files}), checks
+    )
     verdicts = []
     for series in all_series:
         if series.number in kept:
@@ -160,7 +186,9 @@ def sweep_commit(
         plan = engine.plan_series(series, tree.read)
         verdict = Verdict(series.number, series.name, "")
         verdict.upstream_edits = [
-            u.id for u in plan.units if u.state == engine.APPLIED and not u.id.startswith("overlay:")
+            u.id
+            for u in plan.units
+            if u.state == engine.APPLIED and not u.id.startswith("overlay:")
         ]
         if plan.conflicts:
             verdict.verdict, verdict.details = "drifted", _conflict_lines(plan)
@@ -177,14 +205,25 @@ def sweep_commit(
     return CommitReport(commit, date, subject, verdicts)
 
 
-def _stack_three_way(tree: AtomTree, verdicts: list[Verdict], patches: dict[int, str]) -> None:
+def _stack_three_way(
+    tree: AtomTree, verdicts: list[Verdict], patches: dict[int, str]
+) -> None:
     """Re-apply the pin-made patches in order, as a rebase of the stack would: each
     one that applies is committed for the next; one that fails is rolled back."""
     for verdict in verdicts:
         patch = patches.get(verdict.series)
         verdict.three_way = bool(patch) and _three_way(tree, patch)
         if verdict.three_way:
-            git(tree.path, "commit", "-q", "--allow-empty", "--no-verify", "-m", verdict.name, env=_SWEEP_IDENTITY)
+            git(
+                tree.path,
+                "commit",
+                "-q",
+                "--allow-empty",
+                "--no-verify",
+                "-m",
+                verdict.name,
+                env=_SWEEP_IDENTITY,
+            )
         else:
             git(tree.path, "reset", "-q", "--hard")
 
@@ -192,7 +231,13 @@ def _stack_three_way(tree: AtomTree, verdicts: list[Verdict], patches: dict[int,
 def first_drift(repo: Path, series: Series, good: str, bad: str) -> str | None:
     """The first commit in good..bad after which ``series`` no longer plans cleanly."""
     candidates = git(
-        repo, "rev-list", "--reverse", "--first-parent", f"{good}..{bad}", "--", *series.files
+        repo,
+        "rev-list",
+        "--reverse",
+        "--first-parent",
+        f"{good}..{bad}",
+        "--",
+        *series.files,
     ).split()
     low, high = 0, len(candidates) - 1
     if not candidates:
@@ -207,8 +252,12 @@ def first_drift(repo: Path, series: Series, good: str, bad: str) -> str | None:
 
 
 def sample(repo: Path, start: str, end: str, every: int) -> list[str]:
-    commits = git(repo, "rev-list", "--reverse", "--first-parent", f"{start}..{end}").split()
-    picked = [git(repo, "rev-parse", f"{start}^{{commit}}")] + commits[every - 1 :: every]
+    commits = git(
+        repo, "rev-list", "--reverse", "--first-parent", f"{start}..{end}"
+    ).split()
+    picked = [git(repo, "rev-parse", f"{start}^{{commit}}")] + commits[
+        every - 1 :: every
+    ]
     if commits and picked[-1] != commits[-1]:
         picked.append(commits[-1])
     return picked
@@ -229,14 +278,18 @@ def sweep(
         for index, commit in enumerate(commits):
             progress(index + 1, len(commits), commit)
             previous = reports[-1] if reports else None
-            reports.append(sweep_commit(scratch, commit, all_series, checks, patches, previous))
+            reports.append(
+                sweep_commit(scratch, commit, all_series, checks, patches, previous)
+            )
     finally:
         scratch.close()
     by_number = {s.number: s for s in all_series}
-    for earlier, later in zip(reports, reports[1:]):
+    for earlier, later in itertools.pairwise(reports):
         for was, now in zip(earlier.verdicts, later.verdicts):
             if now.verdict == "drifted" and was.verdict != "drifted":
-                now.culprit = first_drift(repo, by_number[now.series], earlier.commit, later.commit)
+                now.culprit = first_drift(
+                    repo, by_number[now.series], earlier.commit, later.commit
+                )
     return reports
 
 
@@ -247,19 +300,27 @@ def survival(reports: list[CommitReport]) -> list[dict]:
     for i, first in enumerate(reports[0].verdicts):
         column = [r.verdicts[i] for r in reports]
         broke = next((k for k, v in enumerate(column) if v.verdict not in GOOD), None)
-        broke_3way = next((k for k, v in enumerate(column) if v.three_way is False), None)
+        broke_3way = next(
+            (k for k, v in enumerate(column) if v.three_way is False), None
+        )
         rows.append(
             {
                 "series": first.series,
                 "name": first.name,
                 "good_samples": sum(v.verdict in GOOD for v in column),
                 "samples": len(column),
-                "survives_until": reports[(broke or len(reports)) - 1].commit if broke != 0 else None,
+                "survives_until": (
+                    reports[(broke or len(reports)) - 1].commit if broke != 0 else None
+                ),
                 "first_break": reports[broke].commit if broke is not None else None,
-                "first_break_verdict": column[broke].verdict if broke is not None else None,
+                "first_break_verdict": (
+                    column[broke].verdict if broke is not None else None
+                ),
                 "culprit": column[broke].culprit if broke is not None else None,
                 "three_way_good_samples": sum(v.three_way is True for v in column),
-                "three_way_first_break": reports[broke_3way].commit if broke_3way is not None else None,
+                "three_way_first_break": (
+                    reports[broke_3way].commit if broke_3way is not None else None
+                ),
                 "final": column[-1].verdict,
             }
         )

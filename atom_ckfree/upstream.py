@@ -23,7 +23,9 @@ CHECKOUT_BRANCH = "ck-free-base"
 
 
 def cache_repo() -> Path:
-    root = Path(os.environ.get("ATOM_CKFREE_CACHE", Path.home() / ".cache" / "atom-ckfree"))
+    root = Path(
+        os.environ.get("ATOM_CKFREE_CACHE", Path.home() / ".cache" / "atom-ckfree")
+    )
     return root / "atom.git"
 
 
@@ -58,7 +60,9 @@ def update_cache(upstream: str = DEFAULT_UPSTREAM, branch: str = "main") -> Path
                 f"cannot fetch {upstream}: {reason[-1]}",
                 "check the URL or path (--upstream), or the network",
             ) from error
-        print(f"warning: fetch failed; using the cached copy in {repo}", file=sys.stderr)
+        print(
+            f"warning: fetch failed; using the cached copy in {repo}", file=sys.stderr
+        )
     return repo
 
 
@@ -74,7 +78,9 @@ def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
     """A clean ATOM work tree at ``ref`` in ``dest`` (new or empty), on branch ``ck-free-base``."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise UserError(f"{dest} exists and is not empty", "choose a new directory for the checkout")
+        raise UserError(
+            f"{dest} exists and is not empty", "choose a new directory for the checkout"
+        )
     pinned = re.fullmatch(r"[0-9a-f]{40}", ref) is not None
     if upstream is not None or not pinned or resolve(ref) is None:
         update_cache(upstream or DEFAULT_UPSTREAM, "main" if pinned else ref)
@@ -92,5 +98,7 @@ def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
     except subprocess.CalledProcessError as error:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
-        raise UserError(f"git clone into {dest} failed: {error.stderr.strip()}", "see git's message") from error
+        raise UserError(
+            f"git clone into {dest} failed: {error.stderr.strip()}", "see git's message"
+        ) from error
     return sha

@@ -55,13 +55,25 @@ def lint_findings(tree: Path, files: list[str]) -> Counter:
     """ruff's findings with ATOM's configuration (ruff's defaults include pyflakes'
     undefined names and unused imports), by file, code and message."""
     present = [
-        f for f in files if (f.endswith(".py") or f.endswith("pyproject.toml")) and (tree / f).is_file()
+        f
+        for f in files
+        if (f.endswith((".py", "pyproject.toml"))) and (tree / f).is_file()
     ]
     if not present:
         return Counter()
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "json", "--exit-zero",
-         *_ruff_config(tree), *present],
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--output-format",
+            "json",
+            "--exit-zero",
+            *_ruff_config(tree),
+            *present,
+        ],
         cwd=tree,
         capture_output=True,
         text=True,
@@ -69,7 +81,11 @@ def lint_findings(tree: Path, files: list[str]) -> Counter:
     if result.returncode != 0:
         raise RuntimeError(f"ruff failed: {result.stderr.strip()}")
     return Counter(
-        ((tree / f["filename"]).resolve().relative_to(tree.resolve()).as_posix(), f["code"], f["message"])
+        (
+            (tree / f["filename"]).resolve().relative_to(tree.resolve()).as_posix(),
+            f["code"],
+            f["message"],
+        )
         for f in json.loads(result.stdout or "[]")
     )
 
@@ -79,7 +95,10 @@ def black_unclean(tree: Path, files: list[str]) -> set[str]:
     if not present:
         return set()
     result = subprocess.run(
-        [sys.executable, "-m", "black", "--check", "--quiet", *present], cwd=tree, capture_output=True, text=True
+        [sys.executable, "-m", "black", "--check", "--quiet", *present],
+        cwd=tree,
+        capture_output=True,
+        text=True,
     )
     return {
         (tree / p).resolve().relative_to(tree.resolve()).as_posix()
@@ -90,15 +109,28 @@ def black_unclean(tree: Path, files: list[str]) -> set[str]:
 def failing_tests(tree: Path) -> set[str]:
     """Node ids that fail or error in ATOM's CPU suite (``tests/``, ``-m 'not gpu'``)."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", "-rfE", "-m", "not gpu"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rfE",
+            "-m",
+            "not gpu",
+        ],
         cwd=tree,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    failed = set(re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.M))
+    failed = set(re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE))
     if result.returncode not in (0, 1, 5) and not failed:
-        failed.add(f"pytest exited {result.returncode}: {result.stdout.strip().splitlines()[-1:]}")
+        failed.add(
+            f"pytest exited {result.returncode}: {result.stdout.strip().splitlines()[-1:]}"
+        )
     return failed
 
 
@@ -110,7 +142,9 @@ def baseline(tree: Path, files: list[str], checks: tuple[str, ...]) -> Baseline:
     )
 
 
-def problems(tree: Path, files: list[str], checks: tuple[str, ...], before: Baseline) -> list[str]:
+def problems(
+    tree: Path, files: list[str], checks: tuple[str, ...], before: Baseline
+) -> list[str]:
     """What the series broke: each entry names the check and what it found."""
     found = []
     if "compile" in checks:
@@ -119,7 +153,10 @@ def problems(tree: Path, files: list[str], checks: tuple[str, ...], before: Base
         new = lint_findings(tree, files) - before.lint
         found += [f"lint: {f}: {code} {message}" for (f, code, message) in sorted(new)]
     if "style" in checks:
-        found += [f"style: black would reformat {f}" for f in sorted(black_unclean(tree, files) - before.unclean)]
+        found += [
+            f"style: black would reformat {f}"
+            for f in sorted(black_unclean(tree, files) - before.unclean)
+        ]
     if "tests" in checks and before.failing is not None:
         now = failing_tests(tree)
         found += [f"tests: {t}" for t in sorted(now - before.failing)]

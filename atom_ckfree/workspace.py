@@ -10,7 +10,11 @@ from .errors import UserError
 
 
 def git(
-    cwd: Path | str, *args: str, check: bool = True, strip: bool = True, env: dict | None = None
+    cwd: Path | str,
+    *args: str,
+    check: bool = True,
+    strip: bool = True,
+    env: dict | None = None,
 ) -> str:
     result = subprocess.run(
         ["git", *args],
@@ -33,10 +37,13 @@ class AtomTree:
         self.path = Path(path).resolve()
         self.commit_env = commit_env  # e.g. a fixed identity and date for exports
         if not self.path.is_dir():
-            raise UserError(f"{path}: no such directory", "give --atom the path of an ATOM clone")
-        if not (self.path / "atom" / "__init__.py").is_file() or not (
-            self.path / "pyproject.toml"
-        ).is_file():
+            raise UserError(
+                f"{path}: no such directory", "give --atom the path of an ATOM clone"
+            )
+        if (
+            not (self.path / "atom" / "__init__.py").is_file()
+            or not (self.path / "pyproject.toml").is_file()
+        ):
             raise UserError(
                 f"{path} is not an ATOM source tree (no atom/__init__.py and pyproject.toml)",
                 "point --atom at a clone of github.com/ROCm/ATOM, or make one with "
@@ -55,7 +62,12 @@ class AtomTree:
     def changed_paths(self) -> list[str]:
         """Tracked files with uncommitted changes and untracked files not ignored."""
         out = git(
-            self.path, "status", "--porcelain", "-z", "--untracked-files=all", strip=False
+            self.path,
+            "status",
+            "--porcelain",
+            "-z",
+            "--untracked-files=all",
+            strip=False,
         )
         return [entry[3:] for entry in out.split("\0") if entry]
 

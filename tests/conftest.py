@@ -82,7 +82,9 @@ def make_atom_tree(pin_template, tmp_path):
             results = engine.apply(
                 AtomTree(dest), select(series, all_series), all_series, commit=True
             )
-            bad = [r for r in results if r.outcome not in ("applied", "already applied")]
+            bad = [
+                r for r in results if r.outcome not in ("applied", "already applied")
+            ]
             assert not bad, [(r.series.name, r.outcome) for r in bad]
         return dest
 

@@ -6,6 +6,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from atom_ckfree.cli import main  # noqa: E402
+from atom_ckfree.cli import main
 
 sys.exit(main())

@@ -35,9 +35,21 @@ __all__ = [
 ]
 
 # Other formats: YAML workflows, TOML, Dockerfiles.
-from .dockerfile import AddArg, Instruction, InsertInstructions, ReplaceInstruction  # noqa: E402
-from .tomldoc import AddArrayItem, SetValue  # noqa: E402
-from .yamldoc import AddCondition, AddJob, AppendToList, MergeMapping, SetEntry, from_yaml  # noqa: E402
+from .dockerfile import (
+    AddArg,
+    InsertInstructions,
+    Instruction,
+    ReplaceInstruction,
+)
+from .tomldoc import AddArrayItem, SetValue
+from .yamldoc import (
+    AddCondition,
+    AddJob,
+    AppendToList,
+    MergeMapping,
+    SetEntry,
+    from_yaml,
+)
 
 __all__ += [
     "AddArg",
@@ -45,8 +57,8 @@ __all__ += [
     "AddCondition",
     "AddJob",
     "AppendToList",
-    "Instruction",
     "InsertInstructions",
+    "Instruction",
     "MergeMapping",
     "ReplaceInstruction",
     "SetEntry",

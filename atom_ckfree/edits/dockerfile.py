@@ -40,14 +40,18 @@ class Entry:
 
 
 def parse(text: str) -> list[Entry]:
-    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))  # never touches the disk
+    parser = DockerfileParser(
+        fileobj=io.BytesIO(text.encode())
+    )  # never touches the disk
     entries, stage = [], -1
     for item in parser.structure:
         keyword = item["instruction"].upper()
         if keyword == "FROM":
             stage += 1
         entries.append(
-            Entry(keyword, _norm(item["value"]), item["startline"], item["endline"], stage)
+            Entry(
+                keyword, _norm(item["value"]), item["startline"], item["endline"], stage
+            )
         )
     return entries
 
@@ -115,7 +119,9 @@ def _contains_run(entries: list[Entry], payload: list[tuple[str, str]]) -> bool:
     return n > 0 and any(keys[i : i + n] == payload for i in range(len(keys) - n + 1))
 
 
-def _splice(text: str, at_line: int, block: str, remove_through: int | None = None) -> str:
+def _splice(
+    text: str, at_line: int, block: str, remove_through: int | None = None
+) -> str:
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n") and at_line >= len(lines):
         lines[-1] += "\n"
@@ -209,7 +215,9 @@ class AddArg(DockerfileEdit):
                 f"{max(e.stage for e in entries) + 1 if entries else 0} stages",
                 None,
             )
-        declared = [e for e in stage if e.keyword == "ARG" and _arg_name(e) == self.name]
+        declared = [
+            e for e in stage if e.keyword == "ARG" and _arg_name(e) == self.name
+        ]
         for e in declared:
             if _arg_default(e) == self.default:
                 return doc, False
@@ -235,5 +243,8 @@ class AddArg(DockerfileEdit):
             ]
             anchor = args[-1]
         value = self.name if self.default is None else f"{self.name}={self.default}"
-        lines = "".join(f"{line}\n" for line in self.comment.splitlines()) + f"ARG {value}\n"
+        lines = (
+            "".join(f"{line}\n" for line in self.comment.splitlines())
+            + f"ARG {value}\n"
+        )
         return _splice(doc, anchor.last + 1, lines), True

@@ -48,7 +48,10 @@ def _keep_original_whitespace(original: str, rendered: str) -> str:
     an edit did not touch comes back byte for byte."""
     old, new = original.splitlines(keepends=True), rendered.splitlines(keepends=True)
     matcher = difflib.SequenceMatcher(
-        None, [line.rstrip() for line in old], [line.rstrip() for line in new], autojunk=False
+        None,
+        [line.rstrip() for line in old],
+        [line.rstrip() for line in new],
+        autojunk=False,
     )
     out: list[str] = []
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
@@ -70,7 +73,9 @@ def _yaml_render(doc: Any) -> str:
 
 
 FORMATS: dict[str, Format] = {
-    "python": Format(cst.parse_module, lambda module: module.code, _black_like_the_original),
+    "python": Format(
+        cst.parse_module, lambda module: module.code, _black_like_the_original
+    ),
     "yaml": Format(_yaml_parse, _yaml_render, _keep_original_whitespace),
     "toml": Format(tomlkit.parse, tomlkit.dumps),
     "text": Format(str, str),

@@ -9,8 +9,8 @@ import ast
 import difflib
 import functools
 import textwrap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import libcst as cst
 import libcst.matchers as m
@@ -49,7 +49,9 @@ def parse_statements(code: str) -> list[cst.BaseStatement]:
     body = list(module.body)
     if module.header and body:  # libcst keeps leading comments in the module header
         first = body[0]
-        body[0] = first.with_changes(leading_lines=[*module.header, *first.leading_lines])
+        body[0] = first.with_changes(
+            leading_lines=[*module.header, *first.leading_lines]
+        )
     return body
 
 
@@ -77,7 +79,8 @@ def _name_of(node: cst.CSTNode) -> str | None:
 
 def _children_defs(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Classes and functions defined directly in ``node``'s body, looking through
-    if/try/with blocks (``if has_triton_kernels(): def ...``) but not into other defs."""
+    if/try/with blocks (``if has_triton_kernels(): def ...``) but not into other defs.
+    """
     body = getattr(node, "body", None)
     if isinstance(body, cst.BaseSuite):
         body = body.body
@@ -198,7 +201,8 @@ def defn(name: str) -> Anchor:
     """A function or class definition named ``name``."""
     return Anchor(
         f"definition of `{name}`",
-        lambda n: isinstance(n, (cst.FunctionDef, cst.ClassDef)) and n.name.value == name,
+        lambda n: isinstance(n, (cst.FunctionDef, cst.ClassDef))
+        and n.name.value == name,
     )
 
 
@@ -225,7 +229,11 @@ def find_all(scope: cst.CSTNode, anchor: Anchor) -> list[cst.CSTNode]:
 
 
 def find_one(
-    module: cst.Module, scope: cst.CSTNode, scope_name: str, anchor: Anchor, edit_id: str
+    module: cst.Module,
+    scope: cst.CSTNode,
+    scope_name: str,
+    anchor: Anchor,
+    edit_id: str,
 ) -> cst.CSTNode:
     hits = find_all(scope, anchor)
     if len(hits) == 1:
@@ -238,7 +246,12 @@ def find_one(
     close = _closest(scope, anchor.code) if anchor.code else None
     if close is not None:
         text = _first_line(close)
-        raise Conflict(edit_id, f"{anchor} {where}", f"no such code; closest is `{text}`", line(close))
+        raise Conflict(
+            edit_id,
+            f"{anchor} {where}",
+            f"no such code; closest is `{text}`",
+            line(close),
+        )
     first = code_of(scope).strip().splitlines()[:3] if scope is not module else []
     nearby = " | ".join(s.strip() for s in first)
     raise Conflict(
@@ -261,7 +274,9 @@ def _first_line(node: cst.CSTNode) -> str:
 def _closest(scope: cst.CSTNode, code: str, cutoff: float = 0.6) -> cst.CSTNode | None:
     """The statement in ``scope`` whose first line reads most like ``code``."""
     best, best_ratio = None, cutoff
-    for node in find_all(scope, Anchor("statement", lambda n: isinstance(n, _STATEMENTS))):
+    for node in find_all(
+        scope, Anchor("statement", lambda n: isinstance(n, _STATEMENTS))
+    ):
         first = _first_line(node)
         if not first:
             continue

@@ -27,7 +27,9 @@ def _dotted(path: Sequence[str]) -> str:
     return ".".join(path) or "(document)"
 
 
-def _line_of(doc: TOMLDocument, path: Sequence[str], key: str | None = None) -> int | None:
+def _line_of(
+    doc: TOMLDocument, path: Sequence[str], key: str | None = None
+) -> int | None:
     """The 1-based line of ``[path]`` (or of ``key`` in it), from the rendered text:
     tomlkit keeps no positions, and the text it renders is the text it parsed."""
     lines = tomlkit.dumps(doc).splitlines()
@@ -60,7 +62,9 @@ class TomlEdit(Edit):
     def conflict(self, doc, expected: str, found: str) -> Conflict:
         return Conflict(self.id, expected, found, _line_of(doc, self.table, self.key))
 
-    def find_table(self, doc: TOMLDocument, create: bool) -> Table | TOMLDocument | None:
+    def find_table(
+        self, doc: TOMLDocument, create: bool
+    ) -> Table | TOMLDocument | None:
         """The table at ``self.table``; missing tables are created when ``create``."""
         node: Any = doc
         for depth, name in enumerate(self.table):
@@ -87,7 +91,13 @@ class SetValue(TomlEdit):
     when it is the ``replaces`` value the edit was written against, else a conflict."""
 
     def __init__(
-        self, id: str, table: Sequence[str], key: str, value: Any, *, replaces: Any = None
+        self,
+        id: str,
+        table: Sequence[str],
+        key: str,
+        value: Any,
+        *,
+        replaces: Any = None,
     ):
         super().__init__(id, table, key)
         self.value, self.replaces = value, replaces
@@ -117,7 +127,9 @@ def _add(table: Any, key: str, item: Any) -> None:
     comments that lead to the next table (``Table.add`` would put it after them)."""
     container = getattr(table, "value", table)
     body = getattr(container, "body", [])
-    values = [k.key for k, v in body if k is not None and not isinstance(v, (Table, AoT))]
+    values = [
+        k.key for k, v in body if k is not None and not isinstance(v, (Table, AoT))
+    ]
     if values:
         container._insert_after(values[-1], key, item)
     elif any(isinstance(v, (Table, AoT)) for _, v in body):
@@ -143,7 +155,13 @@ class AddArrayItem(TomlEdit):
     other than an array is a conflict."""
 
     def __init__(
-        self, id: str, table: Sequence[str], key: str, item: Any, *, match: str | None = None
+        self,
+        id: str,
+        table: Sequence[str],
+        key: str,
+        item: Any,
+        *,
+        match: str | None = None,
     ):
         super().__init__(id, table, key)
         self.item, self.match = item, match

@@ -33,7 +33,9 @@ def from_yaml(text: str, column: int = 0) -> Any:
     body = textwrap.dedent(text).strip("\n")
     levels = column // 2
     wrapper = [f"{'  ' * i}_{i}:" for i in range(levels)]
-    node = _yaml_parse("\n".join(wrapper + [textwrap.indent(body, "  " * levels)]) + "\n")
+    node = _yaml_parse(
+        "\n".join(wrapper + [textwrap.indent(body, "  " * levels)]) + "\n"
+    )
     for i in range(levels):
         node = node[f"_{i}"]
     return node
@@ -111,7 +113,9 @@ class YamlEdit(Edit):
             if isinstance(step, dict):
                 if not isinstance(node, list):
                     raise self.conflict(
-                        f"a list at {_path_text(path[:depth])}", type(node).__name__, line
+                        f"a list at {_path_text(path[:depth])}",
+                        type(node).__name__,
+                        line,
                     )
                 hits = [
                     i
@@ -131,7 +135,9 @@ class YamlEdit(Edit):
                 node = node[step]
             else:
                 if not isinstance(node, dict) or step not in node:
-                    found = f"keys {list(node)}" if isinstance(node, dict) else _show(node)
+                    found = (
+                        f"keys {list(node)}" if isinstance(node, dict) else _show(node)
+                    )
                     raise self.conflict(f"the key {where}", found, line)
                 line = _line_of(node, step) or line
                 node = node[step]
@@ -141,7 +147,9 @@ class YamlEdit(Edit):
         node = self.walk(doc, path)
         if not isinstance(node, dict):
             p = self.path if path is None else path
-            raise self.conflict(f"a mapping at {_path_text(p)}", _show(node), _node_line(node))
+            raise self.conflict(
+                f"a mapping at {_path_text(p)}", _show(node), _node_line(node)
+            )
         return node
 
     def line(self, doc: Any) -> int | None:
@@ -156,14 +164,17 @@ def _last_entry(container: Any, key: Any) -> tuple[Any, Any]:
     when it is rendered: ruamel keeps the blank lines after a block there."""
     value = container[key]
     while isinstance(value, (dict, list)) and len(value):
-        container, key = value, (list(value)[-1] if isinstance(value, dict) else len(value) - 1)
+        container, key = value, (
+            list(value)[-1] if isinstance(value, dict) else len(value) - 1
+        )
         value = container[key]
     return container, key
 
 
 def _move_trailing_lines(before: tuple[Any, Any], after: tuple[Any, Any]) -> None:
     """Blank (and comment) lines that followed the entry ``before`` move behind the
-    entry ``after`` inserted next to it, so that they keep separating the same blocks."""
+    entry ``after`` inserted next to it, so that they keep separating the same blocks.
+    """
     old_owner, old_key = _last_entry(*before)
     entry = old_owner.ca.items.get(old_key) if hasattr(old_owner, "ca") else None
     if not entry or entry[2] is None:
@@ -272,7 +283,9 @@ class SetEntry(YamlEdit):
         return doc, True
 
 
-def _drop_comment_lines(mapping: CommentedMap, key: str, texts: tuple[str, ...]) -> None:
+def _drop_comment_lines(
+    mapping: CommentedMap, key: str, texts: tuple[str, ...]
+) -> None:
     """Remove comment lines containing any of ``texts`` from the end-of-line comment of
     ``key`` and from the comment lines that ruamel keeps on the key before it."""
     if not texts:
@@ -385,7 +398,11 @@ class AddCondition(YamlEdit):
             keys = list(node)
             # GitHub's own order: name (and needs/uses) first, then if:
             at = next(
-                (i for i, k in enumerate(keys) if k not in ("name", "needs", "uses", "id")),
+                (
+                    i
+                    for i, k in enumerate(keys)
+                    if k not in ("name", "needs", "uses", "id")
+                ),
                 len(keys),
             )
             node.insert(at, "if", f"${{{{ {self.condition} }}}}")
@@ -393,7 +410,9 @@ class AddCondition(YamlEdit):
         existing = node["if"]
         if not isinstance(existing, str):
             existing = (
-                "true" if existing is True else "false" if existing is False else str(existing)
+                "true"
+                if existing is True
+                else "false" if existing is False else str(existing)
             )
         if _squash(self.condition) in _squash(_bare(existing)):
             return doc, False
@@ -414,7 +433,9 @@ class AppendToList(YamlEdit):
     def apply(self, doc):
         node = self.walk(doc)
         if not isinstance(node, list):
-            raise self.conflict(f"a list at {_path_text(self.path)}", _show(node), _node_line(node))
+            raise self.conflict(
+                f"a list at {_path_text(self.path)}", _show(node), _node_line(node)
+            )
         want = plain(self.item)
         if any(plain(x) == want for x in node):
             return doc, False
@@ -424,7 +445,9 @@ class AppendToList(YamlEdit):
         anchors = [i for i, x in enumerate(node) if plain(x) == plain(self.after)]
         if not anchors:
             raise self.conflict(
-                f"the item {_show(self.after)} to insert after", _show(node), _node_line(node)
+                f"the item {_show(self.after)} to insert after",
+                _show(node),
+                _node_line(node),
             )
         node.insert(anchors[0] + 1, self.item)
         return doc, True

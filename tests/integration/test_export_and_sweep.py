@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 def git(cwd, *args) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def export_json(capsys, tree, out, *extra) -> dict:
@@ -40,15 +42,22 @@ def test_export_builds_the_stack_pushes_it_and_updates_it_in_place(
     for number, entry in stack.items():
         branch = entry["branch"]
         assert git(remote, "rev-parse", branch) == entry["commit"]
-        assert git(tree, "log", "-1", "--format=%s", branch).startswith(f"[CK-free {number}/7]")
-        assert entry["gh"].startswith(f"gh pr create --base {entry['base']} --head {branch}")
+        assert git(tree, "log", "-1", "--format=%s", branch).startswith(
+            f"[CK-free {number}/7]"
+        )
+        assert entry["gh"].startswith(
+            f"gh pr create --base {entry['base']} --head {branch}"
+        )
         assert len(entry["patches"]) == 1
     # stacked: 3 sits on 2, which sits on the pin; independent 5 sits on the pin
     assert git(tree, "rev-parse", f"{stack[3]['commit']}^") == stack[2]["commit"]
     assert git(tree, "rev-parse", f"{stack[5]['commit']}^") == PIN
     body = (tmp_path / "out" / "03-mla-ck-free.md").read_text()
     assert "- `ck-free/02-mha-ck-free` (series 2)" in body and "## Files" in body
-    assert git(tree, "status", "--porcelain") == "" and git(tree, "rev-parse", "HEAD") == PIN
+    assert (
+        git(tree, "status", "--porcelain") == ""
+        and git(tree, "rev-parse", "HEAD") == PIN
+    )
 
     again = export_json(capsys, tree, tmp_path / "out", "--push", "fork")
     assert not any(e["moved"] for e in again.values())
@@ -58,7 +67,9 @@ def test_export_builds_the_stack_pushes_it_and_updates_it_in_place(
     shutil.copytree(project_root() / "patches", root / "patches")
     shutil.copytree(project_root() / "overlay", root / "overlay")
     manifest = root / "patches" / "02-mha-ck-free" / "series.toml"
-    manifest.write_text(manifest.read_text().replace('title = "', 'title = "Revised: ', 1))
+    manifest.write_text(
+        manifest.read_text().replace('title = "', 'title = "Revised: ', 1)
+    )
     monkeypatch.setenv("ATOM_CKFREE_ROOT", str(root))
     changed = export_json(capsys, tree, tmp_path / "out", "--push", "fork")
     assert {n for n, e in changed.items() if e["moved"]} == {2, 3, 4, 6}
@@ -76,7 +87,10 @@ def test_export_refuses_a_dirty_tree(make_atom_tree, tmp_path, capsys):
 def test_sweep_on_the_pin_verifies_every_series(atom_source, pin_template, capsys):
     code = main(["sweep", "--offline", "--ref", PIN, "--json"])
     report = json.loads(capsys.readouterr().out)
-    verdicts = {s["name"]: (s["verdict"], s.get("details")) for s in report["commits"][0]["series"]}
+    verdicts = {
+        s["name"]: (s["verdict"], s.get("details"))
+        for s in report["commits"][0]["series"]
+    }
     assert code == 0, verdicts
     assert all(v == "applied+verified" for v, _ in verdicts.values()), verdicts
     assert report["checks"] == ["compile", "lint", "style", "tests"]

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 def summary(result: subprocess.CompletedProcess) -> dict[str, int]:
     line = result.stdout.strip().splitlines()[-1]
-    return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|error)", line)}
+    return {
+        word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|error)", line)
+    }
 
 
 def cli_json(capsys, *args) -> tuple[int, dict]:
@@ -25,8 +27,12 @@ def cli_json(capsys, *args) -> tuple[int, dict]:
 
 
 def tree_bytes(tree):
-    out = subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True)
-    files = subprocess.run(["git", "ls-files"], cwd=tree, capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True
+    )
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=tree, capture_output=True, text=True
+    ).stdout.split()
     return out.stdout, {f: (tree / f).read_bytes() for f in files}
 
 
@@ -55,20 +61,34 @@ def test_series_1_makes_atoms_own_suite_green(make_atom_tree, atom_pytest, capsy
 def test_dry_run_writes_nothing_and_commit_is_one_per_series(make_atom_tree, capsys):
     tree = make_atom_tree()
     before = tree_bytes(tree)
-    code, report = cli_json(capsys, "apply", "--atom", str(tree), "--series", "1", "--dry-run")
+    code, report = cli_json(
+        capsys, "apply", "--atom", str(tree), "--series", "1", "--dry-run"
+    )
     assert code == 0 and "+            num_rejected = 0" in report["diff"]
     assert tree_bytes(tree) == before
 
-    code, report = cli_json(capsys, "apply", "--atom", str(tree), "--series", "1", "--commit")
-    log = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=tree, capture_output=True, text=True)
-    assert log.stdout.strip() == "[CK-free 1/7] Fix four bugs found while validating the CK-free mode"
+    code, report = cli_json(
+        capsys, "apply", "--atom", str(tree), "--series", "1", "--commit"
+    )
+    log = subprocess.run(
+        ["git", "log", "-1", "--format=%s"], cwd=tree, capture_output=True, text=True
+    )
+    assert (
+        log.stdout.strip()
+        == "[CK-free 1/7] Fix four bugs found while validating the CK-free mode"
+    )
     assert report["series"][0]["commit"]
 
 
 def test_broken_anchor_is_a_conflict_that_changes_nothing(make_atom_tree, capsys):
     tree = make_atom_tree()
     linear = tree / "atom/model_ops/linear.py"
-    linear.write_text(linear.read_text().replace("def weight_loader(\n        self,\n        param: nn.Parameter,\n        loaded_weight: torch.Tensor,\n        loaded_shard_id: Optional[int] = None,\n    ):  # ？", "def weight_loader_v2(\n        self,\n        param: nn.Parameter,\n        loaded_weight: torch.Tensor,\n        loaded_shard_id: Optional[int] = None,\n    ):  # ？"))
+    linear.write_text(
+        linear.read_text().replace(
+            "def weight_loader(\n        self,\n        param: nn.Parameter,\n        loaded_weight: torch.Tensor,\n        loaded_shard_id: Optional[int] = None,\n    ):  # ？",
+            "def weight_loader_v2(\n        self,\n        param: nn.Parameter,\n        loaded_weight: torch.Tensor,\n        loaded_shard_id: Optional[int] = None,\n    ):  # ？",
+        )
+    )
     subprocess.run(["git", "commit", "-qam", "rename"], cwd=tree, check=True)
     before = tree_bytes(tree)
     code, report = cli_json(capsys, "apply", "--atom", str(tree), "--series", "1")

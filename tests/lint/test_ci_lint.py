@@ -13,7 +13,9 @@ from atom_ckfree.verify import black_unclean, lint_findings
 from tests.tools import run, tool
 
 
-def test_actionlint_passes_on_every_workflow_the_series_touch(patched_tree, files_5_to_7):
+def test_actionlint_passes_on_every_workflow_the_series_touch(
+    patched_tree, files_5_to_7
+):
     workflows = [f for f in files_5_to_7 if f.startswith(".github/workflows/")]
     assert {
         ".github/workflows/pre-checks.yaml",
@@ -48,7 +50,9 @@ def test_no_new_ruff_findings_in_the_files_the_series_write(
 ):
     files = python_files(files_5_to_7) + ["pyproject.toml"]
     new = lint_findings(patched_tree, files) - lint_findings(pin_template, files)
-    assert not new, "\n".join(f"{f}: {code} {msg} (x{n})" for (f, code, msg), n in new.items())
+    assert not new, "\n".join(
+        f"{f}: {code} {msg} (x{n})" for (f, code, msg), n in new.items()
+    )
 
 
 # -- scripts/test_golden_output.sh, with a stand-in for `python3` ------------------
@@ -88,7 +92,10 @@ def test_golden_script_exit_codes(golden_env):
     assert go("-g", str(golden)).returncode == 0
     mismatch = go("-g", str(golden), output="Prompt: 'hi'\nCompletion: 'bye'\n")
     assert mismatch.returncode == 1
-    assert "-Completion: 'hello'" in mismatch.stdout and "+Completion: 'bye'" in mismatch.stdout
+    assert (
+        "-Completion: 'hello'" in mismatch.stdout
+        and "+Completion: 'bye'" in mismatch.stdout
+    )
     assert go("-g", str(golden), status=3).returncode == 4
     assert go("-g", str(golden), output="no lines\n").returncode == 4
     assert go("-g", str(golden.with_name("missing.txt"))).returncode == 3

@@ -16,7 +16,11 @@ from tests.tools import tool
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
-DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.wheels", "docker/Dockerfile.clean"]
+DOCKERFILES = [
+    "docker/Dockerfile",
+    "docker/Dockerfile.wheels",
+    "docker/Dockerfile.clean",
+]
 
 
 def structure(path: Path) -> list[dict]:
@@ -52,7 +56,9 @@ def test_hadolint_passes_on_all_three_dockerfiles(patched_tree):
                 ), f"{name}:{i + 1}: unexplained ignore"
 
 
-def test_dockerfile_ck_is_optional_and_the_default_builds_as_before(pin_template, patched_tree):
+def test_dockerfile_ck_is_optional_and_the_default_builds_as_before(
+    pin_template, patched_tree
+):
     before = instructions(pin_template / "docker/Dockerfile")
     after = instructions(patched_tree / "docker/Dockerfile")
     assert ("ARG", "ENABLE_CK=1") in after
@@ -63,16 +69,22 @@ def test_dockerfile_ck_is_optional_and_the_default_builds_as_before(pin_template
     conditional = re.search(r'if \[ "\$ENABLE_CK" = "1" \]; then (.*?); fi', build)
     assert conditional and "git submodule update --init --recursive" in conditional[1]
     assert "git submodule" not in build.replace(conditional[0], "")
-    assert "ENABLE_CK=$ENABLE_CK " in build and build.endswith("python3 setup.py develop")
+    assert "ENABLE_CK=$ENABLE_CK " in build and build.endswith(
+        "python3 setup.py develop"
+    )
     # With ENABLE_CK=1 the step runs the commands it ran before (ENABLE_CK=1 is AITER's default).
-    as_before = build.replace(conditional[0], conditional[1]).replace("ENABLE_CK=$ENABLE_CK ", "")
+    as_before = build.replace(conditional[0], conditional[1]).replace(
+        "ENABLE_CK=$ENABLE_CK ", ""
+    )
     old = next(v for k, v in before if k == "RUN" and "git clone $AITER_REPO" in v)
     assert as_before == old
     # Every other instruction is still there, in order; triton_kernels is installed.
     rest = [i for i in after if i[1] != build]
     it = iter(rest)
     assert all(any(i == j for j in it) for i in before if i[1] != old)
-    assert any(k == "RUN" and "triton_kernels" in v and "pip install" in v for k, v in after)
+    assert any(
+        k == "RUN" and "triton_kernels" in v and "pip install" in v for k, v in after
+    )
 
 
 def test_wheels_builder_stages_arguments_and_output(patched_tree):
@@ -82,7 +94,16 @@ def test_wheels_builder_stages_arguments_and_output(patched_tree):
         for i in items
         if i["instruction"] == "FROM"
     ]
-    assert stages == ["base", "torch", "with-torch", "triton", "flydsl", "mori", "aiter", "wheels"]
+    assert stages == [
+        "base",
+        "torch",
+        "with-torch",
+        "triton",
+        "flydsl",
+        "mori",
+        "aiter",
+        "wheels",
+    ]
     args = {i["value"].split("=", 1)[0] for i in items if i["instruction"] == "ARG"}
     assert {
         "TORCH_VERSION",
@@ -91,12 +112,18 @@ def test_wheels_builder_stages_arguments_and_output(patched_tree):
         "MORI_COMMIT",
         "AITER_COMMIT",
     } <= args
-    assert [i["value"] for i in items if i["instruction"] == "FROM"][-1] == "scratch AS wheels"
+    assert [i["value"] for i in items if i["instruction"] == "FROM"][
+        -1
+    ] == "scratch AS wheels"
     copies = [i["value"] for i in items if i["instruction"] == "COPY"][-5:]
     assert [c.split()[0] for c in copies] == [
         f"--from={s}" for s in ("torch", "triton", "flydsl", "mori", "aiter")
     ]
-    aiter = [i["value"] for i in items if i["instruction"] == "RUN" and "ENABLE_CK" in i["value"]]
+    aiter = [
+        i["value"]
+        for i in items
+        if i["instruction"] == "RUN" and "ENABLE_CK" in i["value"]
+    ]
     assert len(aiter) == 1 and "ENABLE_CK=0" in aiter[0]
     assert not any(
         "submodule" in i["value"]
@@ -115,7 +142,9 @@ def test_clean_image_compiles_nothing_and_mounts_the_wheels(patched_tree):
     runs = [v for k, v in items if k == "RUN"]
     mounted = [r for r in runs if r.startswith("--mount=type=bind,from=wheels")]
     assert len(mounted) == 1 and "pip install" in mounted[0]
-    assert not any(re.search(r"\b(git clone|setup\.py|make|cmake|pip wheel)\b", r) for r in runs)
+    assert not any(
+        re.search(r"\b(git clone|setup\.py|make|cmake|pip wheel)\b", r) for r in runs
+    )
     assert ("ENV" in {k for k, _ in items}) and any(
         "ATOM_CK_FREE=1" in v for k, v in items if k == "ENV"
     )
@@ -146,7 +175,12 @@ def test_dockerignore_shrinks_the_real_build_context(pin_template, patched_tree)
         f" ({100 * (1 - with_[1] / without[1]):.1f}% fewer bytes)"
     )
     assert with_[1] < without[1] and with_[0] < without[0]
-    for kept in ("pyproject.toml", "README.md", "atom/__init__.py", "docker/Dockerfile.clean"):
+    for kept in (
+        "pyproject.toml",
+        "README.md",
+        "atom/__init__.py",
+        "docker/Dockerfile.clean",
+    ):
         assert not ignore.match_file(kept), kept
     for dropped in (
         ".git/HEAD",

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_nightly_rebase_workflow_passes_actionlint():
-    result = run([tool("actionlint"), "-no-color", ".github/workflows/nightly-rebase.yml"], ROOT)
+    result = run(
+        [tool("actionlint"), "-no-color", ".github/workflows/nightly-rebase.yml"], ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -64,7 +64,10 @@ def git(cwd, *args) -> str:
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "project"
-    for folder, manifest, edits in (("01-first", SERIES_1, EDITS_1), ("02-second", SERIES_2, EDITS_2)):
+    for folder, manifest, edits in (
+        ("01-first", SERIES_1, EDITS_1),
+        ("02-second", SERIES_2, EDITS_2),
+    ):
         (root / "patches" / folder).mkdir(parents=True)
         (root / "patches" / folder / "series.toml").write_text(manifest)
         (root / "patches" / folder / "engine.py").write_text(edits)

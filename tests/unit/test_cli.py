@@ -12,6 +12,7 @@ from atom_ckfree.cli import main
 
 from .conftest import git
 
+
 def snapshot(tree: Path) -> dict[str, str]:
     return {
         str(p.relative_to(tree)): p.read_text()
@@ -32,7 +33,10 @@ def test_apply_then_reapply_is_a_noop(project, atom, capsys):
     report = json.loads(out)
     assert report["series"][0]["outcome"] == "applied"
     assert report["series"][0]["files"] == ["atom/engine.py", "atom/extra.py"]
-    assert "        else:\n            mode = 0\n" in (atom / "atom" / "engine.py").read_text()
+    assert (
+        "        else:\n            mode = 0\n"
+        in (atom / "atom" / "engine.py").read_text()
+    )
     assert (atom / "atom" / "extra.py").read_text() == "EXTRA = 1\n"
 
     before = snapshot(atom)
@@ -42,28 +46,43 @@ def test_apply_then_reapply_is_a_noop(project, atom, capsys):
 
 
 def test_status_reports_each_state(project, atom, capsys):
-    code, out, _ = cli(capsys, "status", "--atom", str(atom), "--json")
-    assert [s["state"] for s in json.loads(out)["series"]] == ["not applied", "not applied"]
+    _, out, _ = cli(capsys, "status", "--atom", str(atom), "--json")
+    assert [s["state"] for s in json.loads(out)["series"]] == [
+        "not applied",
+        "not applied",
+    ]
     cli(capsys, "apply", "--atom", str(atom), "--series", "1")
     (atom / "atom" / "extra.py").unlink()
-    code, out, _ = cli(capsys, "status", "--atom", str(atom), "--json")
+    _code, out, _ = cli(capsys, "status", "--atom", str(atom), "--json")
     assert json.loads(out)["series"][0]["state"] == "partly applied"
 
 
 def test_dry_run_prints_the_diff_and_writes_nothing(project, atom, capsys):
     before = snapshot(atom)
-    code, out, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1-2", "--dry-run")
+    code, out, _ = cli(
+        capsys, "apply", "--atom", str(atom), "--series", "1-2", "--dry-run"
+    )
     assert code == 0
-    assert "+        else:" in out and "+        print(mode)" in out and "+EXTRA = 1" in out
+    assert (
+        "+        else:" in out
+        and "+        print(mode)" in out
+        and "+EXTRA = 1" in out
+    )
     assert snapshot(atom) == before
 
 
 def test_commit_makes_one_commit_per_series(project, atom, capsys, monkeypatch):
-    code, _, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "all", "--commit")
+    code, _, _ = cli(
+        capsys, "apply", "--atom", str(atom), "--series", "all", "--commit"
+    )
     assert code == 0
     log = git(atom, "log", "--format=%B%x00", "-2").split("\0")
     assert log[0].strip().startswith("[CK-free 2/2] Log the mode")
-    assert log[1].strip().startswith("[CK-free 1/2] Give step a default mode\n\nThe default.")
+    assert (
+        log[1]
+        .strip()
+        .startswith("[CK-free 1/2] Give step a default mode\n\nThe default.")
+    )
     assert git(atom, "status", "--porcelain") == ""
 
 
@@ -84,7 +103,12 @@ def test_dependency_already_applied_is_enough(project, atom, capsys):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("3", "unknown series 3"), ("1,1", "given twice"), ("x", "cannot read series"), ("2-1", "empty series range")],
+    [
+        ("3", "unknown series 3"),
+        ("1,1", "given twice"),
+        ("x", "cannot read series"),
+        ("2-1", "empty series range"),
+    ],
 )
 def test_bad_series_selection(project, atom, capsys, spec, message):
     code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", spec)
@@ -101,18 +125,28 @@ def test_not_an_atom_tree(project, tmp_path, capsys):
 def test_dirty_tree_is_refused_unless_allowed(project, atom, capsys):
     (atom / "notes.txt").write_text("mine\n")
     code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", "1")
-    assert code == 2 and "uncommitted changes: notes.txt" in err and "--allow-dirty" in err
+    assert (
+        code == 2 and "uncommitted changes: notes.txt" in err and "--allow-dirty" in err
+    )
     assert "else" not in (atom / "atom" / "engine.py").read_text()
-    code, _, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--allow-dirty")
+    code, _, _ = cli(
+        capsys, "apply", "--atom", str(atom), "--series", "1", "--allow-dirty"
+    )
     assert code == 0
 
 
-def test_conflict_names_series_edit_file_line_and_leaves_the_tree(project, atom, capsys):
-    source = (atom / "atom" / "engine.py").read_text().replace("def step", "def step_v2")
+def test_conflict_names_series_edit_file_line_and_leaves_the_tree(
+    project, atom, capsys
+):
+    source = (
+        (atom / "atom" / "engine.py").read_text().replace("def step", "def step_v2")
+    )
     (atom / "atom" / "engine.py").write_text(source)
     git(atom, "commit", "-qam", "upstream renamed step")
     before = snapshot(atom)
-    code, out, err = cli(capsys, "apply", "--atom", str(atom), "--series", "1-2", "--json")
+    code, out, err = cli(
+        capsys, "apply", "--atom", str(atom), "--series", "1-2", "--json"
+    )
     assert code == 1
     result = json.loads(out)["series"]
     assert [r["outcome"] for r in result] == ["conflict", "skipped"]
@@ -128,7 +162,7 @@ def test_overlay_file_with_other_content_is_a_conflict(project, atom, capsys):
     (atom / "atom" / "extra.py").write_text("MINE = 1\n")
     git(atom, "add", "-A")
     git(atom, "commit", "-qm", "mine")
-    code, out, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--json")
+    code, _out, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--json")
     assert code == 1
     assert (atom / "atom" / "extra.py").read_text() == "MINE = 1\n"
     assert "else" not in (atom / "atom" / "engine.py").read_text()
@@ -139,22 +173,32 @@ def test_failed_commit_undoes_the_series(project, atom, capsys, monkeypatch):
     hook.write_text("#!/bin/sh\necho refused by hook >&2\nexit 1\n")
     hook.chmod(0o755)
     before = snapshot(atom)
-    code, _, err = cli(capsys, "apply", "--atom", str(atom), "--series", "1", "--commit")
+    code, _, err = cli(
+        capsys, "apply", "--atom", str(atom), "--series", "1", "--commit"
+    )
     assert code == 2 and "failed and was undone" in err and "refused by hook" in err
     assert snapshot(atom) == before
     assert not (atom / "atom" / "extra.py").exists()
 
 
 def test_list_shows_dependencies(project, capsys):
-    code, out, _ = cli(capsys, "list", "--json")
+    _code, out, _ = cli(capsys, "list", "--json")
     data = json.loads(out)
     assert [(s["series"], s["depends_on"]) for s in data] == [(1, []), (2, [1])]
 
 
 def test_console_script_entry_point_is_the_same_main():
-    text = Path(__file__).resolve().parents[2].joinpath("tools", "apply_patches.py").read_text()
+    text = (
+        Path(__file__)
+        .resolve()
+        .parents[2]
+        .joinpath("tools", "apply_patches.py")
+        .read_text()
+    )
     assert "from atom_ckfree.cli import main" in text
-    pyproject = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
+    pyproject = (
+        Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
+    )
     assert 'apply-patches = "atom_ckfree.cli:main"' in textwrap.dedent(pyproject)
 
 

@@ -2,7 +2,13 @@
 
 import pytest
 
-from atom_ckfree.edits import AddArg, Conflict, InsertInstructions, Instruction, ReplaceInstruction
+from atom_ckfree.edits import (
+    AddArg,
+    Conflict,
+    InsertInstructions,
+    Instruction,
+    ReplaceInstruction,
+)
 from atom_ckfree.edits.dockerfile import parse
 
 DOCKERFILE = """\
@@ -51,7 +57,9 @@ def test_add_arg_after_the_stage_args_once():
     edit = AddArg("flag", "FLAG", "1", comment="# 1: as before")
     out, changed = run([edit])
     assert changed == [True]
-    assert out == DOCKERFILE.replace("ARG JOBS\n", "ARG JOBS\n# 1: as before\nARG FLAG=1\n")
+    assert out == DOCKERFILE.replace(
+        "ARG JOBS\n", "ARG JOBS\n# 1: as before\nARG FLAG=1\n"
+    )
     assert run([edit], out) == (out, [False])
     with pytest.raises(Conflict) as err:
         run([AddArg("flag", "FLAG", "0")], out)
@@ -82,7 +90,13 @@ def test_insert_instructions_after_and_before():
 
 def test_insert_conflicts_on_a_missing_or_ambiguous_anchor():
     with pytest.raises(Conflict) as err:
-        run([InsertInstructions("x", "RUN true\n", after=Instruction("RUN", "no such command"))])
+        run(
+            [
+                InsertInstructions(
+                    "x", "RUN true\n", after=Instruction("RUN", "no such command")
+                )
+            ]
+        )
     assert "none" in err.value.found
     with pytest.raises(Conflict) as err:
         run([InsertInstructions("x", "RUN true\n", after=Instruction("RUN", "/lib"))])

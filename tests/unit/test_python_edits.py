@@ -77,7 +77,10 @@ def test_add_else_closes_the_chain():
 
 
 def test_add_else_conflicts_with_a_different_else():
-    before = src(LOADER).replace("        return offset", "        else:\n            offset = 9\n        return offset")
+    before = src(LOADER).replace(
+        "        return offset",
+        "        else:\n            offset = 9\n        return offset",
+    )
     with pytest.raises(Conflict) as info:
         run(AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0"), before)
     assert info.value.line == 8 and "other code" in info.value.found
@@ -85,7 +88,9 @@ def test_add_else_conflicts_with_a_different_else():
 
 def test_anchor_matches_by_meaning_not_formatting():
     reformatted = src(LOADER).replace('if kind == "a":', "if (kind  ==  'a'):  # note")
-    got, changed = run(AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0"), reformatted)
+    got, changed = run(
+        AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0"), reformatted
+    )
     assert changed and "if (kind  ==  'a'):  # note" in got
 
 
@@ -100,16 +105,24 @@ def test_missing_method_reports_the_class_line_and_what_is_there():
 
 def test_missing_anchor_reports_the_scope_line():
     with pytest.raises(Conflict) as info:
-        run(AddElse("e", "Loader.load", if_test("nothing.like(this)"), "x = 0"), src(LOADER))
+        run(
+            AddElse("e", "Loader.load", if_test("nothing.like(this)"), "x = 0"),
+            src(LOADER),
+        )
     assert info.value.line == 2 and "nothing.like(this)" in info.value.expected
     assert "the scope starts: def load(self, kind, i):" in info.value.found
 
 
 def test_insert_before_and_after_an_anchor():
     check(
-        InsertStatements("i", "Loader.load", "offset = 0", before=if_test('kind == "a"')),
+        InsertStatements(
+            "i", "Loader.load", "offset = 0", before=if_test('kind == "a"')
+        ),
         LOADER,
-        LOADER.replace("        # pick the shard\n", "        offset = 0\n        # pick the shard\n"),
+        LOADER.replace(
+            "        # pick the shard\n",
+            "        offset = 0\n        # pick the shard\n",
+        ),
     )
     check(
         InsertStatements("i", "Loader.load", "assert offset", after=stmt("offset = 2")),
@@ -139,13 +152,11 @@ def test_insert_statements_needs_exactly_one_place():
 
 
 def test_ambiguous_anchor_is_a_conflict_naming_all_lines():
-    before = src(
-        """
+    before = src("""
         def f():
             x = 1
             x = 1
-        """
-    )
+        """)
     with pytest.raises(Conflict) as info:
         run(InsertStatements("i", "f", "y = 2", after=stmt("x = 1")), before)
     assert "lines 2, 3" in info.value.found
@@ -153,7 +164,9 @@ def test_ambiguous_anchor_is_a_conflict_naming_all_lines():
 
 def test_replace_statement():
     check(
-        ReplaceStatement("r", "Loader.load", stmt("return offset"), "return offset + i"),
+        ReplaceStatement(
+            "r", "Loader.load", stmt("return offset"), "return offset + i"
+        ),
         LOADER,
         LOADER.replace("return offset", "return offset + i"),
     )
@@ -177,7 +190,11 @@ def test_set_dict_entry_adds_then_replaces():
         }
         """,
     )
-    check(SetDictEntry("d", "", assign("TABLE"), '"a"', "7"), before, before.replace('"a": 1', '"a": 7'))
+    check(
+        SetDictEntry("d", "", assign("TABLE"), '"a"', "7"),
+        before,
+        before.replace('"a": 1', '"a": 7'),
+    )
 
 
 def test_set_dict_entry_on_a_non_dict_is_a_conflict():
@@ -201,7 +218,9 @@ def test_add_import_once():
     check(
         AddImport("imp", "e.f", ("g",)),
         before,
-        before.replace("from a.b import c\n", "from a.b import c\n    from e.f import g\n"),
+        before.replace(
+            "from a.b import c\n", "from a.b import c\n    from e.f import g\n"
+        ),
     )
     check(
         AddImport("imp", "sys"),
@@ -225,7 +244,11 @@ def test_replace_argument_by_keyword_and_position():
         before,
         before.replace("size=3)", "size=3, strict=True)"),
     )
-    check(ReplaceArgument("a", "g", call("make"), "9", index=1), before, before.replace("1, 2", "1, 9"))
+    check(
+        ReplaceArgument("a", "g", call("make"), "9", index=1),
+        before,
+        before.replace("1, 2", "1, 9"),
+    )
     with pytest.raises(Conflict):
         run(ReplaceArgument("a", "g", call("make"), "9", index=5), src(before))
 
@@ -252,7 +275,9 @@ def test_replace_argument_keeps_the_call_layout():
 
 def test_wrap_in_condition_with_else():
     check(
-        WrapInCondition("w", "Loader.load", stmt("return offset"), "i > 0", orelse="return 0"),
+        WrapInCondition(
+            "w", "Loader.load", stmt("return offset"), "i > 0", orelse="return 0"
+        ),
         LOADER,
         LOADER.replace(
             "        return offset\n",
@@ -295,24 +320,25 @@ def test_rename_name_in_scope_only():
 
 
 def test_scope_looks_through_if_blocks_but_defn_anchor_finds_nested():
-    before = src(
-        """
+    before = src("""
         if HAVE:
             def f():
                 return 1
-        """
-    )
+        """)
     got, changed = run(InsertStatements("i", "f", "x = 0", at="start"), before)
     assert changed and "        x = 0\n        return 1" in got
-    got, changed = run(ReplaceStatement("r", "", defn("f"), "def f():\n    return 2"), before)
+    got, changed = run(
+        ReplaceStatement("r", "", defn("f"), "def f():\n    return 2"), before
+    )
     assert changed and "return 2" in got
 
 
 def test_set_dict_entry_keeps_comments_between_entries():
     """A comment line between two entries stays where it was, exactly once."""
+    import libcst as _cst
+
     from atom_ckfree.edits import SetDictEntry as _SetDictEntry
     from atom_ckfree.edits import assign as _assign
-    import libcst as _cst
 
     src = 'd = {\n    "a": 1,\n    # about b\n    "b": 2,\n}\n'
     module = _cst.parse_module(src)
@@ -331,19 +357,31 @@ def test_normal_form_of_expression_split_over_lines():
     from atom_ckfree.edits.pysyntax import normal_form as _normal_form
 
     split = 'lambda: os.getenv("A_LONG_NAME", "0")\n    == "1"'
-    assert _normal_form(split) == _normal_form('lambda: os.getenv("A_LONG_NAME", "0") == "1"')
+    assert _normal_form(split) == _normal_form(
+        'lambda: os.getenv("A_LONG_NAME", "0") == "1"'
+    )
 
 
 def test_missing_anchor_points_at_the_closest_statement():
     drifted = src(LOADER).replace('if kind == "a":', 'if kind == "alpha":')
     with pytest.raises(Conflict) as info:
         run(AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0"), drifted)
-    assert info.value.line == 4 and 'closest is `if kind == "alpha":`' in info.value.found
+    assert (
+        info.value.line == 4 and 'closest is `if kind == "alpha":`' in info.value.found
+    )
 
 
 def test_present_if_recognises_an_upstream_fix_in_another_form():
-    upstream_fixed = src(LOADER).replace("        # pick the shard\n", "        offset = -1\n")
-    edit = AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0", present_if=stmt("offset = -1"))
+    upstream_fixed = src(LOADER).replace(
+        "        # pick the shard\n", "        offset = -1\n"
+    )
+    edit = AddElse(
+        "e",
+        "Loader.load",
+        if_test('kind == "a"'),
+        "offset = 0",
+        present_if=stmt("offset = -1"),
+    )
     got, changed = run(edit, upstream_fixed)
     assert not changed and got == upstream_fixed
     got, changed = run(edit, src(LOADER))
@@ -352,13 +390,20 @@ def test_present_if_recognises_an_upstream_fix_in_another_form():
 
 def test_comments_leading_a_payload_are_kept():
     got, _ = run(
-        InsertStatements("c", "Loader.load", "# why\nx = 1", before=stmt("return offset")),
+        InsertStatements(
+            "c", "Loader.load", "# why\nx = 1", before=stmt("return offset")
+        ),
         src(LOADER),
     )
     assert "        # why\n        x = 1\n        return offset" in got
 
 
 def test_replace_statement_keeps_the_comment_above_the_old_one():
-    before = src(LOADER).replace("        return offset", "        # the result\n        return offset")
-    got, _ = run(ReplaceStatement("r", "Loader.load", stmt("return offset"), "return -offset"), before)
+    before = src(LOADER).replace(
+        "        return offset", "        # the result\n        return offset"
+    )
+    got, _ = run(
+        ReplaceStatement("r", "Loader.load", stmt("return offset"), "return -offset"),
+        before,
+    )
     assert "        # the result\n        return -offset" in got

@@ -32,23 +32,35 @@ def history(atom):
     git(atom, "add", "atom/extra.py")
     fixed = commit_file(
         atom,
-        MODULE.replace("        return mode", "        else:\n            mode = 0\n        return mode"),
+        MODULE.replace(
+            "        return mode",
+            "        else:\n            mode = 0\n        return mode",
+        ),
         "upstream makes series 1's change itself",
     )
-    renamed = commit_file(atom, (atom / "atom" / "engine.py").read_text().replace("def step", "def advance"), "rename")
+    renamed = commit_file(
+        atom,
+        (atom / "atom" / "engine.py").read_text().replace("def step", "def advance"),
+        "rename",
+    )
     return pin, docs, fixed, renamed
 
 
 def test_verdicts_culprit_and_three_way(project, atom, history):
-    pin, docs, fixed, renamed = history
-    reports = sweep.sweep(atom, [pin, docs, renamed], load_all(), ("compile", "lint", "style"), pin=pin)
+    pin, docs, _fixed, renamed = history
+    reports = sweep.sweep(
+        atom, [pin, docs, renamed], load_all(), ("compile", "lint", "style"), pin=pin
+    )
     first, second, last = ([v.verdict for v in r.verdicts] for r in reports)
     assert first == ["applied+verified", "applied+verified"]
     assert second == ["applied+verified", "applied+verified"]
     assert last == ["drifted", "drifted"]
     drift = reports[-1].verdicts[0]
     assert drift.culprit == renamed  # bisected between the samples docs and renamed
-    assert "atom/engine.py:1 engine.default-mode" in drift.details[0] and "advance" in drift.details[0]
+    assert (
+        "atom/engine.py:1 engine.default-mode" in drift.details[0]
+        and "advance" in drift.details[0]
+    )
     assert [v.three_way for v in reports[0].verdicts] == [True, True]
 
     rows = sweep.survival(reports)
@@ -57,7 +69,7 @@ def test_verdicts_culprit_and_three_way(project, atom, history):
 
 
 def test_already_upstream(project, atom, history):
-    pin, docs, fixed, renamed = history
+    _pin, _docs, fixed, _renamed = history
     (report,) = sweep.sweep(atom, [fixed], load_all(), ("compile",))
     assert report.verdicts[0].verdict == "already upstream"
     assert report.verdicts[0].upstream_edits == ["engine.default-mode"]
@@ -66,7 +78,9 @@ def test_already_upstream(project, atom, history):
 def test_verify_failed_names_the_check(project, atom, history, monkeypatch):
     pin = history[0]
     edits = project / "patches" / "02-second" / "engine.py"
-    edits.write_text(edits.read_text().replace('"print(mode)"', '"print(undefined_name)"'))
+    edits.write_text(
+        edits.read_text().replace('"print(mode)"', '"print(undefined_name)"')
+    )
     (report,) = sweep.sweep(atom, [pin], load_all(), ("compile", "lint"))
     second = report.verdicts[1]
     assert second.verdict == "verify-failed"
@@ -74,23 +88,48 @@ def test_verify_failed_names_the_check(project, atom, history, monkeypatch):
 
 
 def test_sample_keeps_both_ends(atom, history):
-    pin, docs, fixed, renamed = history
+    pin, _docs, fixed, renamed = history
     assert sweep.sample(atom, pin, renamed, 2) == [pin, fixed, renamed]
 
 
-def test_cli_baseline_exit_status(project, atom, history, tmp_path, capsys, monkeypatch):
+def test_cli_baseline_exit_status(
+    project, atom, history, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("ATOM_CKFREE_CACHE", str(tmp_path / "cache"))
     upstream_dir = str(atom)
     git(atom, "branch", "-f", "main", "HEAD")
-    code = main(["sweep", "--upstream", upstream_dir, "--ref", history[1], "--checks", "compile", "--no-3way", "--json"])
+    code = main(
+        [
+            "sweep",
+            "--upstream",
+            upstream_dir,
+            "--ref",
+            history[1],
+            "--checks",
+            "compile",
+            "--no-3way",
+            "--json",
+        ]
+    )
     good = json.loads(capsys.readouterr().out)
     assert code == 0
     (tmp_path / "good.json").write_text(json.dumps(good))
     markdown = tmp_path / "report.md"
     code = main(
-        ["sweep", "--offline", "--ref", history[3], "--checks", "compile", "--no-3way",
-         "--baseline", str(tmp_path / "good.json"), "--markdown", str(markdown)]
+        [
+            "sweep",
+            "--offline",
+            "--ref",
+            history[3],
+            "--checks",
+            "compile",
+            "--no-3way",
+            "--baseline",
+            str(tmp_path / "good.json"),
+            "--markdown",
+            str(markdown),
+        ]
     )
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     assert code == 1 and "worse:" in err and "applied+verified → drifted" in err
     assert "| 1 | 01-first | **drifted** |" in markdown.read_text()

@@ -27,7 +27,11 @@ def run(edits, text=PYPROJECT):
 
 
 MARKER = AddArrayItem(
-    "gpu-marker", ("tool", "pytest", "ini_options"), "markers", "gpu: needs a GPU", match="gpu:"
+    "gpu-marker",
+    ("tool", "pytest", "ini_options"),
+    "markers",
+    "gpu: needs a GPU",
+    match="gpu:",
 )
 
 
@@ -65,7 +69,9 @@ def test_set_value_sets_replaces_and_conflicts():
     edit = SetValue("python", ("project",), "requires-python", ">=3.10")
     out, changed = run([edit])
     assert changed == [True]
-    assert out == PYPROJECT.replace('torch"]\n', 'torch"]\nrequires-python = ">=3.10"\n')
+    assert out == PYPROJECT.replace(
+        'torch"]\n', 'torch"]\nrequires-python = ">=3.10"\n'
+    )
     assert run([edit], out) == (out, [False])
     rename = SetValue("rename", ("project",), "name", "maxi", replaces="mini")
     out, _ = run([rename])

@@ -88,7 +88,17 @@ def test_set_entry_replaces_the_expected_value_and_drops_stale_comments():
 
 def test_set_entry_conflicts_on_an_unexpected_value_and_a_missing_anchor():
     with pytest.raises(Conflict) as err:
-        run([SetEntry("x", ("jobs", "lint"), "runs-on", "macos-latest", replaces="windows-latest")])
+        run(
+            [
+                SetEntry(
+                    "x",
+                    ("jobs", "lint"),
+                    "runs-on",
+                    "macos-latest",
+                    replaces="windows-latest",
+                )
+            ]
+        )
     assert err.value.line == 15 and "ubuntu-latest" in err.value.found
     with pytest.raises(Conflict) as err:
         run([SetEntry("x", ("jobs", "lint", "steps", {"name": "Gone"}), "if", "true")])
@@ -96,15 +106,28 @@ def test_set_entry_conflicts_on_an_unexpected_value_and_a_missing_anchor():
 
 
 def test_merge_mapping_adds_an_input_before_the_blank_line():
-    data = from_yaml('tests:\n  description: "Enable tests"\n  type: boolean\n  default: true\n')
+    data = from_yaml(
+        'tests:\n  description: "Enable tests"\n  type: boolean\n  default: true\n'
+    )
     edit = MergeMapping("input", ("on", "workflow_call", "inputs"), data)
     out, changed = run([edit])
     assert changed == [True]
-    assert '        default: true\n      tests:\n        description: "Enable tests"\n' in out
-    assert "        default: true\n\njobs:\n" in out  # the blank line still separates on: and jobs:
+    assert (
+        '        default: true\n      tests:\n        description: "Enable tests"\n'
+        in out
+    )
+    assert (
+        "        default: true\n\njobs:\n" in out
+    )  # the blank line still separates on: and jobs:
     assert run([edit], out) == (out, [False])
     with pytest.raises(Conflict) as err:
-        run([MergeMapping("x", ("on", "workflow_call", "inputs"), {"lint": {"type": "string"}})])
+        run(
+            [
+                MergeMapping(
+                    "x", ("on", "workflow_call", "inputs"), {"lint": {"type": "string"}}
+                )
+            ]
+        )
     assert err.value.line == 8
 
 
@@ -137,11 +160,15 @@ def test_add_job_appends_with_a_blank_line_and_comments_at_their_indentation():
 
 def test_add_job_after_a_job_keeps_the_blank_lines_between_jobs():
     out, _ = run([AddJob("mid", "mid", "runs-on: ubuntu-latest\n", after="lint")])
-    assert "          echo done\n\n  mid:\n    runs-on: ubuntu-latest\n\n  gpu:\n" in out
+    assert (
+        "          echo done\n\n  mid:\n    runs-on: ubuntu-latest\n\n  gpu:\n" in out
+    )
 
 
 def test_add_condition_joins_an_existing_if_and_recognises_itself():
-    edit = AddCondition("upstream-only", ("jobs", "gpu"), "github.repository == 'ROCm/ATOM'")
+    edit = AddCondition(
+        "upstream-only", ("jobs", "gpu"), "github.repository == 'ROCm/ATOM'"
+    )
     out, changed = run([edit])
     assert changed == [True]
     assert (
@@ -155,7 +182,9 @@ def test_add_condition_joins_an_existing_if_and_recognises_itself():
 
 
 def test_add_condition_sets_if_where_there_is_none():
-    edit = AddCondition("step-if", ("jobs", "lint", "steps", {"name": "Run"}), "${{ always() }}")
+    edit = AddCondition(
+        "step-if", ("jobs", "lint", "steps", {"name": "Run"}), "${{ always() }}"
+    )
     out, _ = run([edit])
     assert "      - name: Run\n        if: ${{ always() }}\n        run: |\n" in out
 
