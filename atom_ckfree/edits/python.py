@@ -192,9 +192,10 @@ class ReplaceStatement(PythonEdit):
         self.payload = parse_statements(code)
 
     def apply_in(self, module, scope):
-        if not find_all(scope, self.anchor):
-            if any(_contains_run(b, self.payload) for b in _blocks(scope)):
-                return module, False
+        if not find_all(scope, self.anchor) and any(
+            _contains_run(b, self.payload) for b in _blocks(scope)
+        ):
+            return module, False
         target = self.find(module, scope, self.anchor)
         block = enclosing_block(scope, target)
         body = list(block.body)
