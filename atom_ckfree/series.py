@@ -32,6 +32,15 @@ def project_root() -> Path:
     return root
 
 
+class SeriesError(UserError):
+    """The patch set itself is inconsistent: a manifest or an edits module is wrong."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            what, "fix the series under patches/ (see README: Writing an edit)"
+        )
+
+
 @dataclass(frozen=True)
 class Series:
     number: int
@@ -69,7 +78,7 @@ class Series:
             edits = list(module.EDITS)
             formats = {e.format for e in edits}
             if len(formats) != 1 or formats - set(FORMATS):
-                raise ValueError(
+                raise SeriesError(
                     f"{path}: edits of one known format expected, got {formats}"
                 )
             loaded[target] = edits
@@ -89,7 +98,13 @@ def load_series(folder: Path) -> Series:
         folder=folder,
     )
     if folder.name != series.name:
-        raise ValueError(f"{folder}: folder name should be {series.name}")
+        raise SeriesError(f"{folder}: folder name should be {series.name}")
+    missing = [p for p in series.overlay if not series.overlay_source(p).is_file()]
+    missing += [m for m in series.edit_modules.values() if not (folder / m).is_file()]
+    if missing:
+        raise SeriesError(
+            f"{folder / 'series.toml'} names files that do not exist: {missing}"
+        )
     return series
 
 
@@ -105,11 +120,11 @@ def load_all(root: Path | None = None) -> list[Series]:
     )
     numbers = [s.number for s in found]
     if numbers != list(range(1, len(found) + 1)):
-        raise ValueError(f"series numbers must run 1..N without gaps, got {numbers}")
+        raise SeriesError(f"series numbers must run 1..N without gaps, got {numbers}")
     for s in found:
         bad = [d for d in s.depends_on if d >= s.number]
         if bad:
-            raise ValueError(f"series {s.number} depends on later series {bad}")
+            raise SeriesError(f"series {s.number} depends on later series {bad}")
     return found
 
 

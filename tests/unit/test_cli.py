@@ -207,3 +207,13 @@ def test_overlay_files_keep_their_mode(project, atom, capsys):
     script.chmod(0o755)
     assert cli(capsys, "apply", "--atom", str(atom), "--series", "1")[0] == 0
     assert (atom / "atom" / "extra.py").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_manifest_naming_a_missing_file_is_refused(project):
+    from atom_ckfree.series import SeriesError, load_all
+
+    (project / "overlay" / "atom" / "extra.py").unlink()
+    with pytest.raises(
+        SeriesError, match="names files that do not exist: \\['atom/extra.py'\\]"
+    ):
+        load_all()
