@@ -3,12 +3,20 @@
 FlyDSL's MoE kernels import (a fake ``kernels.moe_gemm_2stage`` here), for the
 quantisation modes FlyDSL serves; else to Triton."""
 
+import fake_aiter
 import pytest
 import torch
-from moe_fake_aiter import QuantType, fixed_routing, load_moe, make_layer
+from fake_aiter.entries import QuantType
+from fake_aiter.harness import fixed_routing, load_moe, make_moe_layer
 from test_moe_cascade import make_method
 
 FLYDSL = {"ATOM_CK_FREE": "1", "ATOM_USE_FLYDSL_MOE": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _uninstall_fake():
+    yield
+    fake_aiter.uninstall()
 
 
 @pytest.mark.parametrize(
@@ -23,7 +31,7 @@ def test_flydsl_gets_its_preshuffled_weights(monkeypatch, cls, quant):
     moe, fake = load_moe(monkeypatch, ck=True, env=FLYDSL, flydsl=True)
     method = make_method(moe, cls, quant)
     assert method.moe_backend == "flydsl"
-    layer = make_layer(method)
+    layer = make_moe_layer(method)
     w2 = layer.w2_weight.detach().clone()
     method.process_weights_after_loading(layer)
     from atom.model_ops import flydsl_moe
@@ -48,7 +56,7 @@ def test_flydsl_gets_its_preshuffled_weights(monkeypatch, cls, quant):
     assert torch.equal(args[3], ids)
     assert kwargs["weights_preshuffled"] is True
     assert kwargs["w13_scale"] is layer.w13_weight_scale
-    assert not fake.ck_calls(), fake.names()
+    assert not fake.touched_ck_moe(), fake.names()
 
 
 @pytest.mark.parametrize(
@@ -62,7 +70,7 @@ def test_modes_flydsl_lacks_go_to_triton(monkeypatch, quant, dynamic):
 def test_shapes_flydsl_lacks_go_to_triton(monkeypatch):
     moe, _ = load_moe(monkeypatch, ck=True, env=FLYDSL, flydsl=True)
     method = make_method(moe, "Fp8MoEMethod")
-    make_layer(method, H=200)  # not a multiple of FlyDSL's tiles
+    make_moe_layer(method, H=200)  # not a multiple of FlyDSL's tiles
     assert method.moe_backend == "triton"
 
 

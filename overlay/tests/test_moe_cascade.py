@@ -1,23 +1,25 @@
 # SPDX-License-Identifier: MIT
 """The FP8 MoE backend cascade of atom/model_ops/moe.py: CK -> FlyDSL -> Triton.
 
-The patched module runs under a recording fake AITER (tests/moe_fake_aiter.py);
+The patched module runs under the recording fake AITER (tests/fake_aiter/);
 the tests read the backend each method chose and what apply() hands it.
 """
 
 import logging
 
+import fake_aiter
 import pytest
 import torch
-from moe_fake_aiter import (
-    CK_MOE_ENTRY_POINTS,
-    QuantType,
-    fixed_routing,
-    load_moe,
-    make_layer,
-)
+from fake_aiter.entries import CK_MOE, ActivationType, QuantType
+from fake_aiter.harness import fixed_routing, load_moe, make_moe_layer
 
 METHODS = ("Fp8MoEMethod", "CompressedTensorsFp8MoEMethod")
+
+
+@pytest.fixture(autouse=True)
+def _uninstall_fake():
+    yield
+    fake_aiter.uninstall()
 
 
 def make_method(moe, cls, quant=QuantType.per_Tensor, dynamic=True):
@@ -42,14 +44,14 @@ def test_ck_present_and_flag_off_keeps_ck(monkeypatch, cls):
     moe, fake = load_moe(monkeypatch, ck=True, env={"ATOM_USE_FLYDSL_MOE": "1"})
     method = make_method(moe, cls)
     assert method.moe_backend == "ck"
-    layer = make_layer(method)
+    layer = make_moe_layer(method)
     method.process_weights_after_loading(layer)
     assert "aiter.ops.shuffle.shuffle_weight" in fake.names()
     ids = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)
     fixed_routing(moe, monkeypatch, torch.full((2, 2), 0.5), ids)
-    fake.calls.clear()
+    fake.clear()
     method.apply(layer, torch.zeros(2, 256, dtype=torch.bfloat16), None, 2, True)
-    assert fake.ck_calls(), fake.names()
+    assert fake.touched_ck_moe(), fake.names()
 
 
 @pytest.mark.parametrize("cls", METHODS)
@@ -62,11 +64,11 @@ def test_without_ck_triton_gets_row_major_weights(monkeypatch, cls, ck, env):
     moe, fake = load_moe(monkeypatch, ck=ck, env=env)
     method = make_method(moe, cls)
     assert method.moe_backend == "triton"
-    layer = make_layer(method)
+    layer = make_moe_layer(method)
     w2_before = layer.w2_weight.detach().view(torch.uint8).clone()
     method.process_weights_after_loading(layer)
     # No CK shuffle: Triton reads the row-major weights as loaded.
-    assert not fake.ck_calls(), fake.names()
+    assert not fake.touched_ck_moe(), fake.names()
     assert torch.equal(layer.w2_weight.view(torch.uint8), w2_before)
     assert not getattr(layer.w13_weight, "is_shuffled", False)
 
@@ -87,13 +89,13 @@ def test_without_ck_triton_gets_row_major_weights(monkeypatch, cls, ck, env):
     assert kwargs["w13_scale"] is layer.w13_weight_scale
     assert kwargs["w2_scale"] is layer.w2_weight_scale
     assert kwargs["block_shape"] is None
-    assert not fake.ck_calls(), fake.names()
+    assert not fake.touched_ck_moe(), fake.names()
 
 
 def test_block_scales_pass_their_block_shape(monkeypatch):
     moe, fake = load_moe(monkeypatch, ck=False)
     method = make_method(moe, "Fp8MoEMethod", QuantType.per_1x128)
-    layer = make_layer(method)
+    layer = make_moe_layer(method)
     method.process_weights_after_loading(layer)
     assert tuple(layer.w13_weight_scale.shape) == (4, 2, 2)
 
@@ -105,14 +107,14 @@ def test_block_scales_pass_their_block_shape(monkeypatch):
     fixed_routing(moe, monkeypatch, torch.tensor([[0.5, 0.5]]), ids)
     method.apply(layer, torch.zeros(1, 256, dtype=torch.bfloat16), None, 2, True)
     assert calls[0][2]["block_shape"] == (128, 128)
-    assert not fake.ck_calls()
+    assert not fake.touched_ck_moe()
 
 
 def test_per_tensor_requant_without_aiter(monkeypatch):
     """Off CK, w1/w3 are requantised to one scale per expert in torch."""
     moe, fake = load_moe(monkeypatch, ck=False)
     method = make_method(moe, "Fp8MoEMethod")
-    layer = make_layer(method)
+    layer = make_moe_layer(method)
     scales = layer.w13_weight_scale.detach().clone()  # [E, 2]
     w13 = layer.w13_weight.detach().to(torch.float32) * scales.repeat_interleave(
         128, dim=1
@@ -122,13 +124,13 @@ def test_per_tensor_requant_without_aiter(monkeypatch):
     assert torch.equal(layer.w13_weight_scale, scales.max(dim=1).values)
     after = layer.w13_weight.to(torch.float32) * layer.w13_weight_scale[:, None, None]
     assert torch.allclose(after, w13, rtol=0.07, atol=1e-3)
-    assert not fake.ck_calls()
+    assert not fake.touched_ck_moe()
 
 
 def test_expert_parallel_ids_become_local(monkeypatch):
     moe, _ = load_moe(monkeypatch, ck=False)
     method = make_method(moe, "Fp8MoEMethod")
-    layer = make_layer(method, E=2)
+    layer = make_moe_layer(method, E=2)
     method.process_weights_after_loading(layer)
 
     from atom.model_ops import triton_moe
@@ -149,13 +151,11 @@ def test_expert_parallel_ids_become_local(monkeypatch):
 def test_unsupported_activation_is_a_clear_error(monkeypatch):
     moe, _ = load_moe(monkeypatch, ck=False)
     method = make_method(moe, "Fp8MoEMethod")
-    layer = make_layer(method)
+    layer = make_moe_layer(method)
     method.process_weights_after_loading(layer)
     fixed_routing(
         moe, monkeypatch, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.int32)
     )
-    from moe_fake_aiter import ActivationType
-
     with pytest.raises(NotImplementedError, match="SiLU"):
         method.apply(
             layer,
@@ -180,4 +180,4 @@ def test_detection_runs_once_and_the_choice_is_logged_once(monkeypatch, caplog):
 
 
 def test_ck_entry_points_listed_are_those_of_the_ck_path():
-    assert "aiter.fused_moe.fused_moe" in CK_MOE_ENTRY_POINTS
+    assert "aiter.fused_moe.fused_moe" in CK_MOE

@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fake_aiter.entries import CK_MOE
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_DIR = ROOT / "overlay" / "tests"
@@ -37,18 +38,17 @@ QUANT_MODES = (
 )
 
 RUNNER = textwrap.dedent(r"""
-    import json, os, sys, types
+    import json, os, sys
     sys.path[:0] = [os.getcwd(), sys.argv[1]]
-    from moe_fake_aiter import CK_MOE_ENTRY_POINTS, FakeAiter, QuantType, register_custom_ops
+    from fake_aiter import FakeAiter
+    from fake_aiter.entries import QuantType
+    from fake_aiter.harness import install_fake_flydsl, register_custom_ops
 
     job = json.loads(sys.argv[2])
-    fake = FakeAiter(ck=job["ck"]).install()
+    # values=True: the trace keeps a checksum of every tensor argument
+    fake = FakeAiter(ck=job["ck"], values=True).install()
     if job["fake_flydsl"]:
-        kernels = types.ModuleType("kernels")
-        kernels.__path__ = []
-        gemm = types.ModuleType("kernels.moe_gemm_2stage")
-        gemm.compile_moe_gemm1 = gemm.compile_moe_gemm2 = lambda **kw: None
-        sys.modules.update({"kernels": kernels, "kernels.moe_gemm_2stage": gemm})
+        install_fake_flydsl()
 
     import torch
     import atom.utils.custom_register
@@ -79,7 +79,7 @@ RUNNER = textwrap.dedent(r"""
 
     out = []
     for method_name, quant, dynamic in job["grid"]:
-        fake.calls.clear()
+        fake.clear()
         steps = {}
         cfg = QuantizationConfig(
             quant_type=QuantType[quant],
@@ -87,10 +87,10 @@ RUNNER = textwrap.dedent(r"""
             is_dynamic=dynamic,
         )
         method = getattr(moe, method_name)(cfg, None)
-        steps["construct"] = list(fake.calls); fake.calls.clear()
+        steps["construct"] = list(fake.trace); fake.clear()
         layer = torch.nn.Module()
         method.create_weights(layer, E, H, N, torch.bfloat16)
-        steps["create_weights"] = list(fake.calls); fake.calls.clear()
+        steps["create_weights"] = list(fake.trace); fake.clear()
         g = torch.Generator().manual_seed(0)
         layer.local_num_experts = E
         layer.intermediate_size_per_partition = N
@@ -103,11 +103,11 @@ RUNNER = textwrap.dedent(r"""
             if param is not None:
                 param.data = torch.rand(param.shape, generator=g) + 0.5
         method.process_weights_after_loading(layer)
-        steps["process_weights_after_loading"] = list(fake.calls); fake.calls.clear()
+        steps["process_weights_after_loading"] = list(fake.trace); fake.clear()
         x = torch.randn(M, H, generator=g).to(torch.bfloat16)
         logits = torch.randn(M, E, generator=g)
         result = method.apply(layer, x, logits, TOP_K, True)
-        steps["apply"] = list(fake.calls); fake.calls.clear()
+        steps["apply"] = list(fake.trace); fake.clear()
         out.append({
             "case": [method_name, quant, dynamic],
             "backend": getattr(method, "moe_backend", None),
@@ -164,16 +164,6 @@ def trees(tmp_path_factory, pin_template):
     return pin, patched
 
 
-CK_NAMES = (
-    "aiter.fused_moe.fused_moe",
-    "aiter.fused_moe_bf16_asm.asm_moe",
-    "aiter.moe_sorting_fwd",
-    "aiter.ops.shuffle.shuffle_weight",
-    "aiter.get_hip_quant",
-    "torch.ops.aiter.rocm_aiter_fused_moe",
-)
-
-
 def test_ck_present_flag_off_makes_the_same_calls_as_upstream(trees, tmp_path):
     pin, patched = trees
     env = {"ATOM_CK_FREE": "0", "ATOM_USE_FLYDSL_MOE": "1"}
@@ -186,7 +176,7 @@ def test_ck_present_flag_off_makes_the_same_calls_as_upstream(trees, tmp_path):
         assert new["steps"] == old["steps"], new["case"]
         assert new["result"] == old["result"], new["case"]
         # The CK path really ran: its kernel was called in apply.
-        assert any(name in CK_NAMES for name, _ in new["steps"]["apply"]), new["case"]
+        assert any(name in CK_MOE for name, *_ in new["steps"]["apply"]), new["case"]
 
 
 @pytest.mark.parametrize(
@@ -207,8 +197,8 @@ def test_without_ck_no_ck_entry_point_runs(trees, tmp_path, ck, env, fake_flydsl
         flydsl_can = fake_flydsl and quant != "per_1x128" and dynamic
         expected = "flydsl" if flydsl_can else "triton"
         assert case["backend"] == expected, case["case"]
-        names = [name for step in case["steps"].values() for name, _ in step]
-        assert not [n for n in names if n in CK_NAMES], (case["case"], names)
+        names = [name for step in case["steps"].values() for name, *_ in step]
+        assert not [n for n in names if n in CK_MOE], (case["case"], names)
         entry = "flydsl_fp8_moe" if expected == "flydsl" else "fused_moe_fp8"
-        assert [n for n, _ in case["steps"]["apply"]] == [entry], case["case"]
+        assert [n for n, *_ in case["steps"]["apply"]] == [entry], case["case"]
         assert case["result"] == [[5, 256], "torch.bfloat16"]

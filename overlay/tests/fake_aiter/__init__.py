@@ -9,12 +9,17 @@ caller uses a result, compute a small reference result in torch.
     fake.uninstall()
 
 The entry points are listed in ``entries.ENTRIES`` (module -> names); adding an
-entry point is adding a line there. ``entries.CK`` names the CK entry points:
-with ``ck=False`` they are absent and ``aiter.jit.core.ENABLE_CK`` is False.
+entry point is adding a line there. ``entries.CK`` names the CK entry points
+(and modules): with ``ck=False`` they are absent and ``aiter.jit.core.ENABLE_CK``
+is False. ``entries.CK_MOE`` names the CK kernels of the MoE path
+(``touched_ck_moe``). With ``values=True`` the trace keeps a checksum of each
+tensor's values as well, for comparing two runs call by call.
 """
 
 from __future__ import annotations
 
+import enum
+import importlib.machinery
 import sys
 import types
 from collections.abc import Callable
@@ -25,12 +30,30 @@ import torch
 from . import entries
 
 
-def describe(value: Any) -> Any:
-    """What a trace keeps of an argument: shape and dtype of tensors, plain values."""
+def checksum(tensor: torch.Tensor) -> float | int:
+    """The sum of a tensor's values (1-byte floats as their bytes)."""
+    data = tensor.detach()
+    if not data.numel():
+        return 0
+    if data.is_floating_point() and data.element_size() == 1:
+        data = data.view(torch.uint8)
+    if data.dtype == torch.bool:
+        return int(data.sum())
+    return round(float(data.to(torch.float64).sum()), 3)
+
+
+def describe(value: Any, values: bool = False) -> Any:
+    """What a trace keeps of an argument: shape and dtype of tensors (and with
+    ``values`` a checksum of their values), plain values."""
     if isinstance(value, torch.Tensor):
-        return ("tensor", tuple(value.shape), str(value.dtype).replace("torch.", ""))
+        kept = ("tensor", tuple(value.shape), str(value.dtype).replace("torch.", ""))
+        return kept + (checksum(value),) if values else kept
+    if isinstance(value, enum.Enum):
+        return type(value).__name__, value.name
     if isinstance(value, (list, tuple)):
-        return type(value).__name__, tuple(describe(v) for v in value)
+        return type(value).__name__, tuple(describe(v, values) for v in value)
+    if isinstance(value, dict):
+        return "dict", tuple(sorted((k, describe(v, values)) for k, v in value.items()))
     if isinstance(value, torch.dtype):
         return str(value).replace("torch.", "")
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -39,8 +62,9 @@ def describe(value: Any) -> Any:
 
 
 class FakeAiter:
-    def __init__(self, ck: bool = True):
+    def __init__(self, ck: bool = True, values: bool = False):
         self.ck = ck
+        self.values = values
         self.trace: list[tuple[str, tuple, tuple]] = []
         self.modules: dict[str, types.ModuleType] = {}
         self._saved: dict[str, Any] = {}
@@ -50,8 +74,8 @@ class FakeAiter:
         self.trace.append(
             (
                 name,
-                tuple(describe(a) for a in args),
-                tuple(sorted((k, describe(v)) for k, v in kwargs.items())),
+                tuple(describe(a, self.values) for a in args),
+                tuple(sorted((k, describe(v, self.values)) for k, v in kwargs.items())),
             )
         )
 
@@ -67,6 +91,9 @@ class FakeAiter:
     def touched_ck(self) -> list[str]:
         return [n for n in self.names() if n in entries.CK]
 
+    def touched_ck_moe(self) -> list[str]:
+        return [n for n in self.names() if n in entries.CK_MOE]
+
     # -- sys.modules -------------------------------------------------------
     def _entry(self, qualname: str, impl: Callable | None) -> Callable:
         def entry(*args, **kwargs):
@@ -81,6 +108,9 @@ class FakeAiter:
         if name not in self.modules:
             module = types.ModuleType(name)
             module.__path__ = []  # a package: submodules import
+            module.__spec__ = importlib.machinery.ModuleSpec(
+                name, None, is_package=True
+            )  # importlib.util.find_spec finds it
             module.__fake_aiter__ = self
             self.modules[name] = module
             if "." in name:
@@ -90,6 +120,8 @@ class FakeAiter:
 
     def build(self) -> None:
         for module_name, names in entries.ENTRIES.items():
+            if not self.ck and module_name in entries.CK:
+                continue
             module = self._module(module_name)
             for name, impl in names.items():
                 qualname = f"{module_name}.{name}"

@@ -2,8 +2,9 @@
 """The fake AITER's entry points: module -> {name: implementation}.
 
 An implementation computes what the caller uses (small torch reference results)
-or is ``None`` (the call is only recorded). ``Value`` marks a plain attribute
-(types, constants, decorators) that is not recorded. Add entry points here.
+or is ``None`` (the call is only recorded). ``Value`` makes the attribute from
+the fake: a plain attribute (types, constants, decorators) that is not recorded,
+or entries of its own (``fake._entry``). Add entry points here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def const(value):
 FP8 = torch.float8_e4m3fnuz
 DTYPES = types.SimpleNamespace(
     fp8=FP8,
+    fp8_e8m0=torch.uint8,
     fp4x2=getattr(torch, "float4_e2m1fn_x2", torch.uint8),
     fp16=torch.float16,
     bf16=torch.bfloat16,
@@ -57,7 +59,12 @@ class ActivationType(enum.IntEnum):
 
 
 def _group(world_size: int = 1):
-    return types.SimpleNamespace(world_size=world_size, rank=0, rank_in_group=0)
+    return types.SimpleNamespace(
+        world_size=world_size,
+        rank=0,
+        rank_in_group=0,
+        all_reduce=lambda x, **kwargs: x,
+    )
 
 
 def _identity_decorator(*args, **kwargs):
@@ -93,11 +100,35 @@ def _pa_metadata_info(*args, **kwargs):
     return tuple(((8,), torch.int32) for _ in range(6))
 
 
-def _hip_quant(quant_type):
+def _per_tensor_quant(x, scale=None, quant_dtype=FP8, **kwargs):
+    fp8_max = torch.finfo(quant_dtype).max
+    if scale is None:
+        scale = x.abs().amax().to(torch.float32) / fp8_max
+    q = (x.to(torch.float32) / scale).clamp(-fp8_max, fp8_max)
+    return q.to(quant_dtype), scale
+
+
+# What AITER's get_hip_quant returns for each QuantType (names as in AITER).
+_HIP_QUANTS = {
+    QuantType.per_Tensor: "per_tensor_quant_hip",
+    QuantType.per_Token: "per_token_quant_hip",
+    QuantType.per_1x32: "per_1x32_f4_quant_hip",
+}
+
+
+def _hip_quant(fake):
+    """``aiter.get_hip_quant``, recorded; the quantiser it returns is recorded
+    too (``aiter.per_tensor_quant_hip`` etc.)."""
+
     def quant(x, *args, quant_dtype=FP8, **kwargs):
         return x.to(quant_dtype), torch.ones(x.shape[0], 1)
 
-    return quant
+    def get_hip_quant(quant_type):
+        name = _HIP_QUANTS.get(quant_type, "per_group_quant_hip")
+        impl = _per_tensor_quant if quant_type == QuantType.per_Tensor else quant
+        return fake._entry(f"aiter.{name}", impl)
+
+    return fake._entry("aiter.get_hip_quant", get_hip_quant)
 
 
 def _fp8_bmm(x, w, w_scale, *args, transpose_bm=False, **kwargs):
@@ -113,13 +144,17 @@ def _shuffle_weight(w, *args, **kwargs):
     return w
 
 
+def _moe_out(hidden_states, *args, **kwargs):
+    return torch.zeros_like(hidden_states)
+
+
 ENTRIES: dict[str, dict[str, Any]] = {
     "aiter": {
         "dtypes": const(DTYPES),
         "QuantType": const(QuantType),
         "ActivationType": const(ActivationType),
-        "get_hip_quant": const(_hip_quant),
-        "per_tensor_quant": None,
+        "get_hip_quant": Value(_hip_quant),
+        "per_tensor_quant": _per_tensor_quant,
         # MHA cache update and paged attention
         "fused_qk_norm_rope_cache_quant_shuffle": None,
         "reshape_and_cache": None,
@@ -148,6 +183,7 @@ ENTRIES: dict[str, dict[str, Any]] = {
     },
     "aiter.mla": {"mla_decode_fwd": None, "mla_prefill_fwd": None},
     "aiter.dist": {},
+    "aiter.dist.shm_broadcast": {"MessageQueue": None},
     "aiter.dist.parallel_state": {
         "get_tp_group": const(lambda: _group()),
         "get_dp_group": const(lambda: _group()),
@@ -155,8 +191,10 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "get_ep_group": const(lambda: _group()),
     },
     "aiter.jit": {},
-    "aiter.jit.core": {},
+    "aiter.jit.core": {"CK_DIR": const(None)},  # + ENABLE_CK (the ck switch)
+    "aiter.jit.module_moe_sorting": {},  # CK's prebuilt MoE sorting (CK only)
     "aiter.jit.utils": {},
+    "aiter.jit.utils.chip_info": {"get_gfx": const(lambda: "gfx942")},
     "aiter.jit.utils.torch_guard": {"torch_compile_guard": const(_identity_decorator)},
     "aiter.tuned_gemm": {
         "tgemm": Value(
@@ -172,9 +210,14 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "e8m0_to_f32": None,
         "mxfp4_to_f32": None,
     },
-    "aiter.fused_moe": {"fused_moe": None},
+    "aiter.fused_moe": {"fused_moe": _moe_out},
+    "aiter.fused_moe_bf16_asm": {"asm_moe": _moe_out},
     "aiter.ops": {},
-    "aiter.ops.shuffle": {"shuffle_weight": _shuffle_weight},
+    "aiter.ops.shuffle": {
+        "shuffle_weight": _shuffle_weight,
+        "shuffle_weight_a16w4": None,
+        "shuffle_scale_a16w4": None,
+    },
     "aiter.ops.triton": {},
     "aiter.ops.triton.quant": {"dynamic_mxfp4_quant": None},
     "aiter.ops.triton.fused_kv_cache": {
@@ -195,11 +238,24 @@ ENTRIES: dict[str, dict[str, Any]] = {
 # torch.ops.aiter.<name>
 TORCH_OPS: dict[str, Any] = {"pa_decode_gluon": None}
 
-# Entry points that exist only in an AITER built with CK (absent with ck=False).
+# Entry points (and modules) that exist only in an AITER built with CK (absent
+# with ck=False).
 CK = {
     "aiter.flash_attn_varlen_func",
     "aiter.mha_varlen_fwd",
     "aiter.ck_moe_stage1",
     "aiter.ck_moe_stage2",
     "aiter.moe_sorting_fwd",
+    "aiter.jit.module_moe_sorting",
 }
+
+# The CK and ASM kernels (and their weight layout) of moe.py's MoE path: none of
+# these may run when a non-CK MoE backend (FlyDSL, Triton) is chosen.
+CK_MOE = (
+    "aiter.fused_moe.fused_moe",
+    "aiter.fused_moe_bf16_asm.asm_moe",
+    "aiter.moe_sorting_fwd",
+    "aiter.ops.shuffle.shuffle_weight",
+    "aiter.get_hip_quant",
+    "torch.ops.aiter.rocm_aiter_fused_moe",
+)

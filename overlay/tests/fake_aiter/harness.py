@@ -1,13 +1,17 @@
 # SPDX-License-Identifier: MIT
-"""Drive an ATOM attention module (original or patched) on tiny CPU tensors
-under the fake AITER, so that tests can look at which kernels it called."""
+"""Drive ATOM modules (original or patched) on tiny CPU tensors under the fake
+AITER, so that tests can look at which kernels they called: the attention
+modules (MHA, MLA) and the MoE layer methods of ``atom/model_ops/moe.py``."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 import types
 
 import torch
 
+from . import FakeAiter, install
 from .atom_stubs import CONFIG
 
 
@@ -191,3 +195,94 @@ def mla_prefill_paged(module, max_seqlen_q=1, kv_dtype="bf16", batch=3):
     q = torch.randn(batch * max_seqlen_q, d["heads"], d["lora"] + d["rope"]).to(dtype)
     cache = torch.randn(16, 1, d["lora"] + d["rope"]).to(dtype)
     return attn._forward_prefill_mla(q, cache, meta)
+
+
+# -- MoE (atom/model_ops/moe.py) ---------------------------------------------
+
+
+def register_custom_ops(fake: FakeAiter, monkeypatch=None) -> None:
+    """ATOM registers its MoE wrappers as ``torch.ops.aiter.*``; make
+    ``direct_register_custom_op`` put a recording op in the fake's
+    ``torch.ops.aiter``."""
+    from atom.utils import custom_register
+
+    def direct_register_custom_op(op_name, op_func, **kwargs):
+        setattr(
+            fake.torch_ops, op_name, fake._entry(f"torch.ops.aiter.{op_name}", op_func)
+        )
+
+    if monkeypatch is not None:
+        monkeypatch.setattr(
+            custom_register, "direct_register_custom_op", direct_register_custom_op
+        )
+    else:
+        custom_register.direct_register_custom_op = direct_register_custom_op
+
+
+def install_fake_flydsl(monkeypatch=None) -> types.ModuleType:
+    """An importable ``kernels.moe_gemm_2stage`` (FlyDSL's MoE GEMM builders)."""
+    kernels = types.ModuleType("kernels")
+    kernels.__path__ = []
+    gemm = types.ModuleType("kernels.moe_gemm_2stage")
+    gemm.compile_moe_gemm1 = gemm.compile_moe_gemm2 = lambda **kwargs: None
+    for name, module in (("kernels", kernels), ("kernels.moe_gemm_2stage", gemm)):
+        if monkeypatch is not None:
+            monkeypatch.setitem(sys.modules, name, module)
+        else:
+            sys.modules[name] = module
+    return gemm
+
+
+def load_moe(monkeypatch, *, ck=True, env=None, flydsl=False, interpret=True):
+    """A fresh ``atom.model_ops.moe`` under a fresh fake AITER (``install``:
+    ``fake_aiter.uninstall()`` takes it away again).
+
+    ATOM's tests/conftest.py stubs ``atom.config`` and ``atom.utils.custom_register``;
+    the MoE module needs the real ones, so every ``atom.*`` module is imported
+    anew here (``monkeypatch`` puts the previous ones back afterwards).
+    ``interpret`` sets ``TRITON_INTERPRET`` for the Triton MoE kernels (read when
+    they are imported); keep it on within one process: kernels built for the
+    interpreter and for a GPU do not mix. Returns ``(moe, fake)``.
+    """
+    for name in ("ATOM_CK_FREE", "ATOM_USE_FLYDSL_MOE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
+    fake = install(ck=ck)
+    for name in [n for n in sys.modules if n.startswith(("atom.", "kernels"))]:
+        monkeypatch.delitem(sys.modules, name)
+    if flydsl:
+        install_fake_flydsl(monkeypatch)
+    importlib.import_module("atom.utils.custom_register")
+    register_custom_ops(fake, monkeypatch)
+    moe = importlib.import_module("atom.model_ops.moe")
+    return moe, fake
+
+
+def make_moe_layer(method, E=4, H=256, N=128, seed=0):
+    """A layer with the method's weights, filled with small random FP8 values
+    and scales around 1 (an FP8 checkpoint as loaded)."""
+    layer = torch.nn.Module()
+    method.create_weights(layer, E, H, N, torch.bfloat16)
+    g = torch.Generator().manual_seed(seed)
+    layer.local_num_experts = E
+    layer.intermediate_size_per_partition = N
+    layer.num_fused_shared_experts = 0
+    layer.routed_scaling_factor = 1.0
+    fp8 = layer.w13_weight.dtype
+    layer.w13_weight.data = (torch.randn(E, 2 * N, H, generator=g) * 0.5).to(fp8)
+    layer.w2_weight.data = (torch.randn(E, H, N, generator=g) * 0.5).to(fp8)
+    for name in ("w13_weight_scale", "w2_weight_scale"):
+        param = getattr(layer, name)
+        param.data = torch.rand(param.shape, generator=g) * 0.02 + 0.01
+    return layer
+
+
+def fixed_routing(moe, monkeypatch, weights, ids):
+    """``FusedMoE.select_experts`` returns the given routing."""
+
+    def route(*args, **kwargs):
+        return weights, ids
+
+    monkeypatch.setattr(moe.FusedMoE, "select_experts", staticmethod(route))
