@@ -198,7 +198,7 @@ def _build(
     patch_dir = out / series.name
     shutil.rmtree(patch_dir, ignore_errors=True)
     patches = git(
-        work.path, "format-patch", "-q", "-o", str(patch_dir), f"{commit}^..{commit}"
+        work.path, "format-patch", "-o", str(patch_dir), f"{commit}^..{commit}"
     ).splitlines()
     return ExportedSeries(
         series,

@@ -94,3 +94,27 @@ def test_sweep_on_the_pin_verifies_every_series(atom_source, pin_template, capsy
     assert code == 0, verdicts
     assert all(v == "applied+verified" for v, _ in verdicts.values()), verdicts
     assert report["checks"] == ["compile", "lint", "style", "tests"]
+
+
+def test_sweep_onto_newest_main_reports_precisely(atom_source, pin_template, capsys):
+    """Upstream main moved ~1000 commits past the pin: the sweep finishes, every
+    series gets a verdict, series 1's fixes that upstream made its own way are
+    recognised, and every drift names file, line and edit."""
+    code = main(["sweep", "--offline", "--checks", "compile", "--no-3way", "--json"])
+    assert code in (0, 1)
+    series = json.loads(capsys.readouterr().out)["commits"][0]["series"]
+    assert len(series) == 7
+    assert {s["verdict"] for s in series} <= {
+        "applied+verified",
+        "already upstream",
+        "drifted",
+        "verify-failed",
+    }
+    first = series[0]
+    assert {
+        "linear.merged-replicated-scale-shard-else",
+        "scheduler.postprocess-num-rejected-default",
+    } <= set(first["upstream_edits"])
+    for s in series:
+        if s["verdict"] == "drifted":
+            assert all(d.split(" ")[0].count(":") == 1 for d in s["details"]), s

@@ -102,6 +102,22 @@ def test_align_random(M, C, E, block_m):
     _check_alignment(ids.to(torch.int32), block_m, E)
 
 
+def test_align_large_path_matches_contract():
+    # More than 256 entries: the two-launch path (the small one is covered above).
+    g = torch.Generator().manual_seed(7)
+    ids = torch.stack([torch.randperm(32, generator=g)[:4] for _ in range(80)])
+    _check_alignment(ids.to(torch.int32), 16, 32)
+
+
+def test_align_zeroes_the_counter_buffer():
+    ids = torch.tensor([[1, 2], [2, 0]], dtype=torch.int32)
+    for n in (3, 300):  # small and two-launch paths
+        big = torch.cat([ids] * (1 if n == 3 else 80))
+        buf = torch.full((n,), 7, dtype=torch.int32)
+        tm.moe_align_block_size(big, 16, 4, zero_buf=buf)
+        assert bool((buf == 0).all())
+
+
 def test_align_duplicates_and_int64():
     # Top-k duplicates across tokens, experts with no tokens, int64 ids.
     ids = torch.tensor([[3, 3], [3, 0], [3, 0], [0, 3]], dtype=torch.int64)
@@ -196,8 +212,10 @@ def test_pipeline_scale_layouts(layout):
             "bk2": 64,
         },
         {"quant_x": False, "quant_h": False, "reduce": "atomic", "split_k2": 2},
+        {"quant_x": False, "quant_h": True, "split_k1": 2, "split_k2": 2},
+        {"quant_x": True, "quant_h": False, "split_k1": 3, "reduce": "buffer"},
     ],
-    ids=["prequant-buffer", "inline-splitk"],
+    ids=["prequant-buffer", "inline-splitk", "splitk1-fp8h", "splitk1-bf16h"],
 )
 @pytest.mark.parametrize("mode", ["tensor", "block"])
 def test_pipeline_kernel_error_vs_emulating_reference(cfg, mode):

@@ -85,11 +85,13 @@ def test_real_sizes(tm, name, M):
     [
         {"quant_x": True, "quant_h": True, "reduce": "buffer", "block_m": 64},
         {"quant_x": False, "quant_h": False, "reduce": "atomic", "split_k2": 2},
+        {"quant_x": False, "quant_h": True, "split_k1": 4, "split_k2": 4},
+        {"quant_x": True, "quant_h": True, "split_k1": 8, "block_m": 16, "bn1": 32},
     ],
-    ids=["prequant-buffer", "inline-atomic"],
+    ids=["prequant-buffer", "inline-atomic", "splitk1-inline", "splitk1-prequant"],
 )
-def test_kernel_error_vs_emulating_reference(tm, name, cfg):
-    M = 64
+@pytest.mark.parametrize("M", [4, 64])
+def test_kernel_error_vs_emulating_reference(tm, name, cfg, M):
     x, w13, w2, tw, ti, s13, s2, bs = _problem(name, M)
     full = dict(tm.get_moe_config("", 0, 0, 0, M), **cfg)
     out = tm.fused_moe_fp8(

@@ -248,6 +248,67 @@ def _align_scatter_kernel(
     tl.store(expert_ids_ptr + offs, be, mask=bm)
 
 
+@triton.jit
+def _align_small_kernel(
+    ids_ptr,
+    sorted_ptr,
+    expert_ids_ptr,
+    post_pad_ptr,
+    zero_ptr,
+    numel,
+    num_experts,
+    max_padded,
+    max_blocks,
+    zero_numel,
+    BLOCK_M: tl.constexpr,
+    E_P2: tl.constexpr,
+    N_P2: tl.constexpr,
+    CHUNK: tl.constexpr,
+    ZERO: tl.constexpr,
+):
+    # Whole alignment in one program for small numel (one launch instead of two):
+    # histogram + padded scan, then every entry's slot from its rank among the
+    # equal ids before it (pairwise compare, deterministic), every padding slot and
+    # block expert from the scan. Entries and padding slots are disjoint, so no
+    # barrier is needed between the stores. ZERO: also zero a small int32 buffer
+    # (the split-K GEMM1 tile counters).
+    if ZERO:
+        for zo in range(0, zero_numel, CHUNK):
+            zr = zo + tl.arange(0, CHUNK)
+            tl.store(zero_ptr + zr, tl.zeros([CHUNK], tl.int32), mask=zr < zero_numel)
+    er = tl.arange(0, E_P2)
+    offs = tl.arange(0, N_P2)
+    m = offs < numel
+    e = tl.load(ids_ptr + offs, mask=m, other=E_P2 - 1).to(tl.int32)
+    n_masked = tl.sum((~m).to(tl.int32), axis=0)
+    counts = tl.histogram(e, E_P2) - tl.where(er == E_P2 - 1, n_masked, 0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(post_pad_ptr, total)
+
+    # Slot of entry i: start of its expert + number of equal ids before it.
+    before = (e[:, None] == e[None, :]) & (offs[None, :] < offs[:, None])
+    rank = tl.sum(before.to(tl.int32), axis=1)
+    start_e = tl.sum(tl.where(er[None, :] < e[:, None], padded[None, :], 0), axis=1)
+    tl.store(sorted_ptr + start_e + rank, offs.to(tl.int32), mask=m)
+
+    # Padding slots and per-block experts.
+    for p0 in range(0, max_padded, CHUNK):
+        p = p0 + tl.arange(0, CHUNK)
+        owner = tl.sum((ends[None, :] <= p[:, None]).to(tl.int32), axis=1)
+        sel = er[None, :] == owner[:, None]
+        p_start = tl.sum(tl.where(sel, starts[None, :], 0), axis=1)
+        p_count = tl.sum(tl.where(sel, counts[None, :], 0), axis=1)
+        pad = (p < total) & (p < max_padded) & (p - p_start >= p_count)
+        tl.store(sorted_ptr + p, tl.zeros_like(p) + numel, mask=pad)
+        bp = p * BLOCK_M
+        b_owner = tl.sum((ends[None, :] <= bp[:, None]).to(tl.int32), axis=1)
+        b_owner = tl.where(bp < total, b_owner, -1)
+        tl.store(expert_ids_ptr + p, b_owner, mask=p < max_blocks)
+
+
 class MoeAlignment(NamedTuple):
     """Result of :func:`moe_align_block_size` (all int32 device tensors).
 
@@ -272,16 +333,30 @@ def _max_padded(numel: int, num_experts: int, block_m: int) -> int:
     )
 
 
+# One-program alignment up to this many entries and experts (H100: 4.9 us for
+# E=8 against ~9 us for the two launches; with E=256 its [chunk, E] scans made it
+# slower than the two launches, 18 us at M=1).
+_ALIGN_SMALL_NUMEL = 256
+_ALIGN_SMALL_EXPERTS = 64
+
+
 def moe_align_block_size(
-    topk_ids: torch.Tensor, block_m: int, num_experts: int
+    topk_ids: torch.Tensor,
+    block_m: int,
+    num_experts: int,
+    zero_buf: torch.Tensor | None = None,
 ) -> MoeAlignment:
     """Group (token, column) entries by expert, padded to ``block_m``, on the device.
 
-    Two Triton launches (histogram + scan in one program, then a scatter that also
-    writes the padding sentinels and per-block expert ids); no host
-    synchronisation, buffers sized from shapes only. The order of entries inside
-    an expert's segment is unspecified (atomic slot allocation); every entry
-    appears exactly once. ``topk_ids`` must hold ids in ``[0, num_experts)``.
+    Small problems (``numel <= 256``, ``num_experts <= 64``): one Triton program
+    does everything
+    (entries ordered by their position inside each expert's segment). Otherwise
+    two launches (histogram + scan in one program, then a scatter that also
+    writes the padding sentinels and per-block expert ids; the order inside a
+    segment is then unspecified, atomic slot allocation). No host
+    synchronisation, buffers sized from shapes only; every entry appears exactly
+    once. ``topk_ids`` must hold ids in ``[0, num_experts)``. ``zero_buf``: a
+    small contiguous int32 buffer zeroed by the same launch.
     """
     if topk_ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"topk_ids must be int32 or int64, got {topk_ids.dtype}")
@@ -301,6 +376,30 @@ def moe_align_block_size(
     post_pad = torch.empty(1, dtype=torch.int32, device=dev)
     ws = torch.empty(4 * num_experts, dtype=torch.int32, device=dev)
     e_p2 = triton.next_power_of_2(num_experts)
+    zero = zero_buf if zero_buf is not None else post_pad
+    if numel <= _ALIGN_SMALL_NUMEL and num_experts <= _ALIGN_SMALL_EXPERTS:
+        n_p2 = max(16, triton.next_power_of_2(max(numel, 1)))
+        _align_small_kernel[(1,)](
+            ids,
+            sorted_ids,
+            expert_ids,
+            post_pad,
+            zero,
+            numel,
+            num_experts,
+            max_padded,
+            max_blocks,
+            0 if zero_buf is None else zero_buf.numel(),
+            BLOCK_M=block_m,
+            E_P2=e_p2,
+            N_P2=n_p2,
+            CHUNK=max(16, min(128, 16384 // e_p2)),
+            ZERO=zero_buf is not None,
+            num_warps=8,
+        )
+        return MoeAlignment(sorted_ids, expert_ids, post_pad, block_m)
+    if zero_buf is not None:
+        zero_buf.zero_()
     chunk = 1024 if numel > 256 else max(16, triton.next_power_of_2(max(numel, 1)))
     _align_count_scan_kernel[(1,)](
         ids, ws, post_pad, numel, num_experts, BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk
@@ -569,6 +668,172 @@ def _moe_gemm1_kernel(
         )
 
 
+@triton.jit
+def _moe_gemm1_splitk_kernel(
+    a_ptr,
+    a_scale_ptr,
+    w_ptr,
+    w_scale_ptr,
+    out_ptr,
+    out_scale_ptr,
+    part_ptr,
+    cnt_ptr,
+    sorted_ptr,
+    expert_ids_ptr,
+    post_pad_ptr,
+    N,
+    K,
+    numel,
+    num_cols,
+    k_per_split,
+    stride_ps,
+    stride_am,
+    stride_ak,
+    stride_asm,
+    stride_ask,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_wse,
+    stride_wsn,
+    stride_wsk,
+    ws_up_offset,
+    stride_om,
+    stride_osm,
+    zero_ptr,
+    zero_numel,
+    A_QUANT: tl.constexpr,
+    A_GROUP: tl.constexpr,
+    W_SCALE: tl.constexpr,
+    SBN: tl.constexpr,
+    SBK: tl.constexpr,
+    OUT_QUANT: tl.constexpr,
+    ZERO_OUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+    FP8_TINY: tl.constexpr,
+    EXACT_ROUND: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    # GEMM1 split over K for small M (weight streaming needs many programs). Each
+    # program stores its fp32 partial gate/up tile; the last of the SPLIT
+    # programs of a tile (counter, zeroed by the alignment launch and reset here)
+    # sums the partials and runs the SiLU * up (+ FP8 quantisation) epilogue.
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    if ZERO_OUT:
+        nprog = tl.num_programs(0) * SPLIT
+        zid = pid_k * tl.num_programs(0) + pid
+        chunk = tl.cdiv(tl.cdiv(zero_numel, nprog), 1024) * 1024
+        z0 = zid * chunk
+        for zo in range(z0, tl.minimum(z0 + chunk, zero_numel), 1024):
+            zr = zo + tl.arange(0, 1024)
+            tl.store(zero_ptr + zr, tl.zeros([1024], tl.float32), mask=zr < zero_numel)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // num_pid_n
+    pid_n = pid % num_pid_n
+    if pid_m * BLOCK_M >= tl.load(post_pad_ptr):
+        return
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    flat = tl.load(sorted_ptr + offs_m)
+    row_ok = flat < numel
+    tok = (flat // num_cols).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    offs_k = k_begin + tl.arange(0, BLOCK_K)
+
+    a_ptrs = a_ptr + tok[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_base = w_ptr + expert * stride_we
+    wg_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    wu_ptrs = wg_ptrs + N * stride_wn
+    ws_base = w_scale_ptr + expert * stride_wse
+    fp8 = w_ptr.dtype.element_ty
+
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        k_ok = (offs_k + (k0 - k_begin)) < k_end
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if A_QUANT:
+            aq, a_s = _quant_rows(a.to(tl.float32), FP8_MAX, FP8_TINY, EXACT_ROUND)
+            a = aq.to(fp8)
+        else:
+            a_s = tl.load(
+                a_scale_ptr + tok * stride_asm + (k0 // A_GROUP) * stride_ask,
+                mask=row_ok,
+                other=0.0,
+            )
+        wmask = k_ok[:, None] & n_ok[None, :]
+        bg = tl.load(wg_ptrs, mask=wmask, other=0.0)
+        bu = tl.load(wu_ptrs, mask=wmask, other=0.0)
+        if UPCAST:
+            a = a.to(tl.bfloat16)
+            bg = bg.to(tl.bfloat16)
+            bu = bu.to(tl.bfloat16)
+        g = tl.dot(a, bg)
+        u = tl.dot(a, bu)
+        if W_SCALE == 2:
+            ks = (k0 // SBK) * stride_wsk
+            sg = tl.load(ws_base + (offs_n // SBN) * stride_wsn + ks, mask=n_ok)
+            su = tl.load(ws_base + ((offs_n + N) // SBN) * stride_wsn + ks, mask=n_ok)
+            acc_g += g * (a_s[:, None] * sg[None, :])
+            acc_u += u * (a_s[:, None] * su[None, :])
+        else:
+            acc_g += g * a_s[:, None]
+            acc_u += u * a_s[:, None]
+        a_ptrs += BLOCK_K * stride_ak
+        wg_ptrs += BLOCK_K * stride_wk
+        wu_ptrs += BLOCK_K * stride_wk
+
+    # Partials: [SPLIT, rows, 2N] fp32, gate in [0, N), up in [N, 2N).
+    rows64 = offs_m.to(tl.int64)
+    p_ptrs = part_ptr + rows64[:, None] * (2 * N) + offs_n[None, :]
+    pmask = n_ok[None, :] & (offs_m[:, None] >= 0)
+    tl.store(p_ptrs + pid_k * stride_ps, acc_g, mask=pmask)
+    tl.store(p_ptrs + pid_k * stride_ps + N, acc_u, mask=pmask)
+    tl.debug_barrier()
+    tile = pid_m * num_pid_n + pid_n
+    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+    if arrived == SPLIT - 1:
+        tl.debug_barrier()
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for sk in tl.static_range(SPLIT):
+            acc_g += tl.load(
+                p_ptrs + sk * stride_ps, mask=pmask, other=0.0, cache_modifier=".cg"
+            )
+            acc_u += tl.load(
+                p_ptrs + sk * stride_ps + N, mask=pmask, other=0.0, cache_modifier=".cg"
+            )
+        tl.store(cnt_ptr + tile, 0)  # leave the counter zeroed
+        if W_SCALE == 0:
+            acc_g = acc_g * tl.load(ws_base)
+            acc_u = acc_u * tl.load(ws_base + ws_up_offset)
+        elif W_SCALE == 1:
+            sg = tl.load(ws_base + offs_n * stride_wsn, mask=n_ok)
+            su = tl.load(ws_base + (offs_n + N) * stride_wsn, mask=n_ok)
+            acc_g = acc_g * sg[None, :]
+            acc_u = acc_u * su[None, :]
+        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+        omask = row_ok[:, None] & n_ok[None, :]
+        o_ptrs = out_ptr + rows64[:, None] * stride_om + offs_n[None, :]
+        if OUT_QUANT:
+            hq, hs = _quant_rows(h, FP8_MAX, FP8_TINY, EXACT_ROUND)
+            tl.store(o_ptrs, hq.to(out_ptr.dtype.element_ty), mask=omask)
+            tl.store(out_scale_ptr + rows64 * stride_osm + pid_n, hs, mask=row_ok)
+        else:
+            tl.store(
+                o_ptrs, _cast_out(h, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
+            )
+
+
 # --------------------------------------------------------------------------------------
 # 4. GEMM2: intermediate . w2^T, routing weight, top-k sum
 # --------------------------------------------------------------------------------------
@@ -702,6 +967,8 @@ def _moe_gemm2_kernel(
 #   block_m          rows per block (alignment and both GEMMs)
 #   bn1, bk1, w1, s1 GEMM1 tile N / K, num_warps, num_stages
 #   bn2, bk2, w2, s2 GEMM2 tile N / K, num_warps, num_stages
+#   split_k1         GEMM1 split over the hidden size (small M; last-arriving
+#                    program of a tile runs the epilogue)
 #   split_k2         GEMM2 split over the intermediate (atomic reduction only)
 #   group_m          grouped program ordering
 #   quant_x          True: separate per_token_group_quant_fp8 launch for x;
@@ -722,6 +989,7 @@ _BASE = {
     "bk2": 128,
     "w2": 4,
     "s2": 4,
+    "split_k1": 1,
     "split_k2": 1,
     "group_m": 4,
     "quant_x": False,
@@ -771,6 +1039,10 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
             "quant_x": True,
             "quant_h": True,
         },
+        # A/B on the H100 (moe_bench harness): 0.800 vs 0.902 ms (heuristic) at
+        # M=512; 128-row blocks 2.461 vs 2.615 ms at M=2048, 9.12 vs 9.22 at 8192.
+        512: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=8, s1=3, s2=3),
+        1 << 62: dict(_LARGE_M, block_m=128, bn1=128, w1=8, w2=8, s1=3, s2=3),
     },
 }
 
@@ -838,6 +1110,18 @@ def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> di
             bn1 //= 2
         cfg["bn1"] = bn1
         cfg["quant_h"] = bn1 >= 64
+        # Still too few weight-streaming programs: split GEMM1 over K as well.
+        split1 = 1
+        while (
+            blocks * triton.cdiv(n, bn1) * split1 < target
+            and k // (split1 * 2) >= 4 * cfg["bk1"]
+        ):
+            split1 *= 2
+        cfg["split_k1"] = split1
+        # A handful of rows and few GEMM1 column tiles (each re-quantises its x
+        # rows): quantise x in GEMM1's prologue, one launch fewer. (H100, Mixtral
+        # M=1 with 224 column tiles: the separate pass was faster, 0.173 vs 0.183 ms.)
+        cfg["quant_x"] = rows > 16 or triton.cdiv(n, bn1) > 16
         split = 1
         while (
             blocks * triton.cdiv(k, cfg["bn2"]) * split < target
@@ -981,6 +1265,7 @@ def moe_gemm1_silu(
     quant_out: bool,
     act_dtype: torch.dtype,
     zero_out: torch.Tensor | None = None,
+    counters: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """GEMM1 over the aligned rows: ``silu(x W_gate^T) * (x W_up^T)``.
 
@@ -989,7 +1274,9 @@ def moe_gemm1_silu(
     Returns the intermediate in aligned (sorted) row order, ``[max_padded, N]``,
     either FP8 with ``[max_padded, N / bn1]`` scales (``quant_out``) or in
     ``act_dtype`` with ``None``. ``zero_out`` (float32, contiguous) is zeroed by
-    the same launch.
+    the same launch. ``cfg["split_k1"] > 1`` splits the reduction over K (small
+    M); it needs ``counters``, ``rows // block_m * cdiv(N, bn1)`` zeroed int32
+    (left zeroed again).
     """
     _E, two_n, K = w13.shape
     N = two_n // 2
@@ -1007,6 +1294,66 @@ def moe_gemm1_silu(
     a_quant = x_scale is None
     a_s = x if a_quant else x_scale
     num_pid_m = rows // bm
+    split = max(1, int(cfg.get("split_k1", 1)))
+    if split > 1:
+        k_per_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
+        split = triton.cdiv(K, k_per_split)
+    if split > 1:
+        if counters is None or counters.numel() < num_pid_m * triton.cdiv(N, bn):
+            raise ValueError("split-K GEMM1 needs zeroed tile counters")
+        part = torch.empty((split, rows, 2 * N), dtype=torch.float32, device=x.device)
+        _moe_gemm1_splitk_kernel[(num_pid_m * triton.cdiv(N, bn), split)](
+            x,
+            a_s,
+            w13,
+            w13_scale.tensor,
+            out,
+            out_s,
+            part,
+            counters,
+            align.sorted_token_ids,
+            align.expert_ids,
+            align.num_tokens_post_padded,
+            N,
+            K,
+            numel,
+            num_cols,
+            k_per_split,
+            part.stride(0),
+            x.stride(0),
+            x.stride(1),
+            0 if a_quant else a_s.stride(0),
+            0 if a_quant else a_s.stride(1),
+            w13.stride(0),
+            w13.stride(1),
+            w13.stride(2),
+            w13_scale.stride_e,
+            w13_scale.stride_n,
+            w13_scale.stride_k,
+            w13_scale.up_offset,
+            out.stride(0),
+            out_s.stride(0),
+            out_s if zero_out is None else zero_out,
+            0 if zero_out is None else zero_out.numel(),
+            A_QUANT=a_quant,
+            A_GROUP=cfg.get("x_group", 128),
+            W_SCALE=w13_scale.mode,
+            SBN=cfg.get("sbn", 1),
+            SBK=cfg.get("sbk", 1),
+            OUT_QUANT=quant_out,
+            ZERO_OUT=zero_out is not None,
+            UPCAST=not _native_fp8_dot(w13.dtype, x.device),
+            FP8_MAX=_fp8_max(w13.dtype),
+            FP8_TINY=_fp8_tiny(w13.dtype),
+            EXACT_ROUND=_interpreting(),
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            BLOCK_K=bk,
+            SPLIT=split,
+            num_warps=cfg["w1"],
+            num_stages=cfg["s1"],
+        )
+        return out, (out_s if quant_out else None)
     grid = (num_pid_m * triton.cdiv(N, bn),)
     _moe_gemm1_kernel[grid](
         x,
@@ -1293,7 +1640,15 @@ def fused_moe_fp8(
     if x.stride(1) != 1:
         x = x.contiguous()
     tw = topk_weights
-    align = moe_align_block_size(topk_ids, cfg["block_m"], E)
+    counters = None
+    if int(cfg.get("split_k1", 1)) > 1:
+        rows = _max_padded(topk_ids.numel(), E, cfg["block_m"])
+        counters = torch.empty(
+            max(rows // cfg["block_m"] * triton.cdiv(N, cfg["bn1"]), 1),
+            dtype=torch.int32,
+            device=x.device,
+        )
+    align = moe_align_block_size(topk_ids, cfg["block_m"], E, zero_buf=counters)
     if _stop_after == "align":
         return align
     if cfg["quant_x"] and K % 128 == 0:
@@ -1304,7 +1659,17 @@ def fused_moe_fp8(
     if _reduce_plan(cfg, num_cols)[0] == _REDUCE_ATOMIC:
         acc = torch.empty((M, K), dtype=torch.float32, device=x.device)
     h, hs = moe_gemm1_silu(
-        xq, xs, w13, s13, align, num_cols, cfg, cfg["quant_h"], dtype, zero_out=acc
+        xq,
+        xs,
+        w13,
+        s13,
+        align,
+        num_cols,
+        cfg,
+        cfg["quant_h"],
+        dtype,
+        zero_out=acc,
+        counters=counters,
     )
     if _stop_after == "gemm1":
         return h
