@@ -48,6 +48,7 @@ from .yamldoc import (
     AppendToList,
     MergeMapping,
     SetEntry,
+    SwitchOn,
     from_yaml,
 )
 
@@ -62,6 +63,7 @@ __all__ += [
     "MergeMapping",
     "ReplaceInstruction",
     "SetEntry",
+    "SwitchOn",
     "SetValue",
     "from_yaml",
 ]

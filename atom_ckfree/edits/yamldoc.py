@@ -421,6 +421,56 @@ class AddCondition(YamlEdit):
         return doc, True
 
 
+def _conjuncts(expression: str) -> list[str]:
+    """``a && (b || c) && d`` → ``["a", "(b || c)", "d"]``: split at the top-level
+    ``&&`` only (not inside parentheses or quotes)."""
+    terms, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(expression):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif depth == 0 and expression.startswith("&&", i):
+            terms.append(expression[start:i].strip())
+            start = i + 2
+    return [*terms, expression[start:].strip()]
+
+
+class SwitchOn(YamlEdit):
+    """Turn on the job or step at ``path`` that a literal ``false`` in its ``if:``
+    switched off (``if: false``, ``${{ false }}``, ``${{ x && false }}``), putting
+    ``guard`` where the ``false`` stood and keeping the other conditions. Already
+    applied when no ``false`` switches it off (upstream may have turned it on)."""
+
+    def __init__(
+        self,
+        id: str,
+        path: Sequence[Any],
+        guard: str,
+        drop_comments: Iterable[str] = (),
+    ):
+        super().__init__(id, path)
+        self.guard = _bare(guard)
+        self.drop_comments = tuple(drop_comments)
+
+    def apply(self, doc):
+        node = self.mapping(doc)
+        existing = node.get("if")
+        if existing is None or existing is True:
+            return doc, False
+        terms = _conjuncts("false" if existing is False else _bare(str(existing)))
+        if "false" not in terms:
+            return doc, False
+        terms = [self.guard if term == "false" else term for term in terms]
+        _drop_comment_lines(node, "if", self.drop_comments)
+        node["if"] = f"${{{{ {' && '.join(terms)} }}}}"
+        return doc, True
+
+
 class AppendToList(YamlEdit):
     """Append ``item`` to the list at ``path`` once (or insert it right after the item
     equal to ``after``). Already applied when an equal item is in the list."""

@@ -108,7 +108,9 @@ EDITS = [
     InsertStatements(
         "attention-mha.force-triton-attn",
         scope="Attention.rope_cache",
-        after=stmt("use_triton_attn = self.sliding_window != -1 or self.head_dim != 128"),
+        after=stmt(
+            "use_triton_attn = self.sliding_window != -1 or self.head_dim != 128"
+        ),
         code="""
         if envs.AITER_FORCE_TRITON_ATTN:
             use_triton_attn = True

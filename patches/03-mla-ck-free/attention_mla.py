@@ -27,7 +27,14 @@ from aiter import (
 )
 """
 
+# After the import section, so that it does not split an import block in two.
 HELPERS = '''
+try:
+    from aiter import flash_attn_varlen_func
+except ImportError:  # an AITER built without CK
+    flash_attn_varlen_func = None
+
+
 TRITON_MLA_DECODE_MODULES = (
     "aiter.ops.triton.attention.mla_decode_rope",
     "aiter.ops.triton.mla_decode_rope",
@@ -197,12 +204,7 @@ EDITS = [
         "attention-mla.flash-attn-import-optional",
         scope="",
         anchor=stmt(AITER_IMPORT),
-        code=AITER_IMPORT.replace("    flash_attn_varlen_func,\n", "") + """
-try:
-    from aiter import flash_attn_varlen_func
-except ImportError:  # an AITER built without CK
-    flash_attn_varlen_func = None
-""",
+        code=AITER_IMPORT.replace("    flash_attn_varlen_func,\n", ""),
     ),
     InsertStatements(
         "attention-mla.import-importlib",

@@ -1,6 +1,11 @@
 """docker/Dockerfile: CK optional (ENABLE_CK, default 1 = as before), triton_kernels installed."""
 
-from atom_ckfree.edits import AddArg, InsertInstructions, Instruction, ReplaceInstruction
+from atom_ckfree.edits import (
+    AddArg,
+    InsertInstructions,
+    Instruction,
+    ReplaceInstruction,
+)
 
 EDITS = [
     InsertInstructions(

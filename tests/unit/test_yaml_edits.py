@@ -10,6 +10,7 @@ from atom_ckfree.edits import (
     Conflict,
     MergeMapping,
     SetEntry,
+    SwitchOn,
     from_yaml,
 )
 
@@ -196,3 +197,32 @@ def test_append_to_list_once():
     assert run([edit], out) == (out, [False])
     with pytest.raises(Conflict):
         run([AppendToList("x", ("jobs", "gpu", "runs-on"), "y")])
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ("if: ${{ false }}", "if: ${{ ok }}"),
+        ("if: false", "if: ${{ ok }}"),
+        (
+            "if: ${{ (a == 1 || b != 'x && y') && false }}",
+            "if: ${{ (a == 1 || b != 'x && y') && ok }}",
+        ),
+    ],
+)
+def test_switch_on_replaces_the_false_and_keeps_the_rest(before, after):
+    edit = SwitchOn("s", ("steps", {"name": "Compare"}), "ok")
+    text = f"steps:\n  - name: Compare\n    {before}\n    run: x\n"
+    doc, changed = edit.apply(FORMATS["yaml"].parse(text))
+    assert changed
+    rendered = FORMATS["yaml"].render(doc)
+    assert rendered == f"steps:\n  - name: Compare\n    {after}\n    run: x\n"
+    _, again = edit.apply(FORMATS["yaml"].parse(rendered))
+    assert not again
+
+
+def test_switch_on_leaves_a_step_upstream_turned_on():
+    edit = SwitchOn("s", ("steps", {"name": "Compare"}), "ok")
+    text = "steps:\n  - name: Compare\n    if: ${{ matrix.x }}\n"
+    _, changed = edit.apply(FORMATS["yaml"].parse(text))
+    assert not changed
