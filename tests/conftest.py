@@ -69,6 +69,32 @@ def pin_template(tmp_path_factory, atom_source) -> Path:
     return dest
 
 
+def _apply(tree: Path, series: str, commit: bool) -> None:
+    all_series = load_all()
+    results = engine.apply(
+        AtomTree(tree), select(series, all_series), all_series, commit=commit
+    )
+    bad = [r for r in results if r.outcome not in ("applied", "already applied")]
+    assert not bad, [(r.series.name, r.outcome) for r in bad]
+
+
+@pytest.fixture(scope="session")
+def patched_tree_for(pin_template, tmp_path_factory):
+    """``patched_tree_for("1-3")`` → a copy of the pin with those series applied (not
+    committed), made once per session and selection; tests must not change it."""
+    made: dict[str, Path] = {}
+
+    def get(series: str) -> Path:
+        if series not in made:
+            dest = tmp_path_factory.mktemp("atom-patched") / "atom"
+            shutil.copytree(pin_template, dest, symlinks=True)
+            _apply(dest, series, commit=False)
+            made[series] = dest
+        return made[series]
+
+    return get
+
+
 @pytest.fixture
 def make_atom_tree(pin_template, tmp_path):
     """``make_atom_tree(series="1-3")`` → a fresh clean ATOM work tree at the pin,
@@ -78,14 +104,7 @@ def make_atom_tree(pin_template, tmp_path):
         dest = tmp_path / name
         shutil.copytree(pin_template, dest, symlinks=True)
         if series:
-            all_series = load_all()
-            results = engine.apply(
-                AtomTree(dest), select(series, all_series), all_series, commit=True
-            )
-            bad = [
-                r for r in results if r.outcome not in ("applied", "already applied")
-            ]
-            assert not bad, [(r.series.name, r.outcome) for r in bad]
+            _apply(dest, series, commit=True)
         return dest
 
     return make

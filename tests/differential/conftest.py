@@ -10,15 +10,10 @@ its ``envs`` is a superset). Without an ATOM source it skips loudly through
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-
-from atom_ckfree import engine
-from atom_ckfree.series import load_all, select
-from atom_ckfree.workspace import AtomTree
 
 FAKE_DIR = Path(__file__).resolve().parents[2] / "overlay" / "tests"
 if str(FAKE_DIR) not in sys.path:
@@ -26,16 +21,9 @@ if str(FAKE_DIR) not in sys.path:
 
 
 @pytest.fixture(scope="session")
-def patched_tree(pin_template, tmp_path_factory) -> Path:
-    """A copy of the pin with series 1-3 applied (not committed), once a session."""
-    dest = tmp_path_factory.mktemp("atom-s1-3") / "atom"
-    shutil.copytree(pin_template, dest, symlinks=True)
-    all_series = load_all()
-    results = engine.apply(AtomTree(dest), select("1-3", all_series), all_series)
-    assert all(r.outcome == "applied" for r in results), [
-        (r.series.name, r.outcome) for r in results
-    ]
-    return dest
+def patched_tree(patched_tree_for) -> Path:
+    """The pin with series 1-3 applied, once a session."""
+    return patched_tree_for("1-3")
 
 
 def _load(path: Path, name: str):

@@ -19,19 +19,9 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "mla_prefill_bench.
 
 
 @pytest.fixture(scope="module")
-def patched_tree(pin_template, tmp_path_factory) -> Path:
-    """The pin with series 1-3 applied (pin_template: tests/conftest.py)."""
-    import shutil
-
-    from atom_ckfree import engine
-    from atom_ckfree.series import load_all, select
-    from atom_ckfree.workspace import AtomTree
-
-    dest = tmp_path_factory.mktemp("atom-gpu") / "atom"
-    shutil.copytree(pin_template, dest, symlinks=True)
-    all_series = load_all()
-    engine.apply(AtomTree(dest), select("1-3", all_series), all_series)
-    return dest
+def patched_tree(patched_tree_for) -> Path:
+    """The pin with series 1-3 applied (tests/conftest.py)."""
+    return patched_tree_for("1-3")
 
 
 @pytest.fixture(scope="module")

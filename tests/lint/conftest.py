@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from atom_ckfree import engine
-from atom_ckfree.series import load_all, select
-from atom_ckfree.workspace import AtomTree
+from atom_ckfree.series import load_all
 
 
 @pytest.fixture(scope="session")
-def patched_tree(pin_template, tmp_path_factory) -> Path:
-    """A copy of the pin checkout with all series applied (not committed)."""
-    dest = tmp_path_factory.mktemp("atom-patched") / "atom"
-    shutil.copytree(pin_template, dest, symlinks=True)
-    all_series = load_all()
-    results = engine.apply(AtomTree(dest), select("all", all_series), all_series)
-    bad = [
-        (r.series.name, r.outcome)
-        for r in results
-        if r.outcome not in ("applied", "already applied")
-    ]
-    assert not bad, bad
-    return dest
+def patched_tree(patched_tree_for) -> Path:
+    """The pin with every series applied (not committed)."""
+    return patched_tree_for("all")
 
 
 @pytest.fixture(scope="session")
