@@ -1,6 +1,6 @@
 """Edit primitives: small, named, idempotent changes to one parsed file each."""
 
-from .base import Conflict, Edit
+from .base import Conflict, Edit, Unless
 from .formats import FORMATS
 from .pysyntax import assign, call, defn, if_test, matching, stmt
 from .python import (
@@ -64,6 +64,7 @@ __all__ += [
     "ReplaceInstruction",
     "SetEntry",
     "SwitchOn",
+    "Unless",
     "SetValue",
     "from_yaml",
 ]

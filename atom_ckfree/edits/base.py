@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 
 @dataclass
@@ -39,3 +39,22 @@ class Edit:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"
+
+
+class Unless(Edit):
+    """``edit``, unless ``present(doc)`` shows that its effect is already there in
+    another form (upstream made the change its own way): then nothing to do.
+    ``present`` answering with a Conflict counts as "not present"."""
+
+    def __init__(self, edit: Edit, present: Callable[[Any], bool]):
+        super().__init__(edit.id)
+        self.edit, self.present = edit, present
+        self.format = edit.format
+
+    def apply(self, doc: Any) -> tuple[Any, bool]:
+        try:
+            if self.present(doc):
+                return doc, False
+        except Conflict:
+            pass
+        return self.edit.apply(doc)

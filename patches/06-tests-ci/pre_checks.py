@@ -1,23 +1,57 @@
-"""pre-checks.yaml: a CPU `unit-tests` job (pytest -m "not gpu") that forks can run too."""
+"""pre-checks.yaml: a CPU `unit-tests` job (pytest -m "not gpu") that forks can run too.
 
-from atom_ckfree.edits import AddJob, MergeMapping, SetEntry, from_yaml
+Upstream later made its own `unit-tests` job and dropped `workflow_call`: each edit
+says how it recognises that its effect is already there."""
+
+import re
+
+from atom_ckfree.edits import AddJob, MergeMapping, SetEntry, Unless, from_yaml
+
+
+def has_job(name: str):
+    return lambda doc: name in (doc.get("jobs") or {})
+
+
+def not_reusable(doc) -> bool:
+    """No `workflow_call` trigger: there are no inputs to add a switch to."""
+    return "workflow_call" not in (doc.get("on") or {})
+
+
+def newer_action(id: str, job: str, step: str, old: str, new: str) -> Unless:
+    """``uses: old`` → ``uses: new``, unless the step already uses ``new``'s major
+    version or a later one."""
+    edit = SetEntry(
+        id, ("jobs", job, "steps", {"name": step}), "uses", new, replaces=old
+    )
+    major = int(new.rsplit("@v", 1)[1])
+
+    def present(doc) -> bool:
+        found = re.search(r"@v(\d+)", str(edit.mapping(doc).get("uses", "")))
+        return bool(found) and int(found[1]) >= major
+
+    return Unless(edit, present)
+
 
 EDITS = [
-    MergeMapping(
-        "pre-checks.unit-tests-input",
-        path=("on", "workflow_call", "inputs"),
-        data=from_yaml("""
+    Unless(
+        MergeMapping(
+            "pre-checks.unit-tests-input",
+            path=("on", "workflow_call", "inputs"),
+            data=from_yaml("""
             unit-tests:
               description: "Enable the CPU unit tests (pytest -m 'not gpu')"
               required: false
               type: boolean
               default: true
             """),
+        ),
+        not_reusable,
     ),
-    AddJob(
-        "pre-checks.unit-tests-job",
-        "unit-tests",
-        """
+    Unless(
+        AddJob(
+            "pre-checks.unit-tests-job",
+            "unit-tests",
+            """
         name: CPU unit tests
         if: inputs.unit-tests
         # GitHub-hosted and CPU-only, so that forks without GPU runners run it too;
@@ -39,27 +73,29 @@ EDITS = [
           - name: Run the unit tests
             run: python -m pytest -m "not gpu" tests
         """,
+        ),
+        has_job("unit-tests"),
     ),
     # actionlint: the node20 runtime of the v4 actions is deprecated, setup-python@v4's retired.
-    SetEntry(
+    newer_action(
         "pre-checks.black-checkout-v5",
-        ("jobs", "black", "steps", {"name": "Checkout code"}),
-        "uses",
+        "black",
+        "Checkout code",
+        "actions/checkout@v4",
         "actions/checkout@v5",
-        replaces="actions/checkout@v4",
     ),
-    SetEntry(
+    newer_action(
         "pre-checks.ruff-checkout-v5",
-        ("jobs", "ruff", "steps", {"name": "Checkout code"}),
-        "uses",
+        "ruff",
+        "Checkout code",
+        "actions/checkout@v4",
         "actions/checkout@v5",
-        replaces="actions/checkout@v4",
     ),
-    SetEntry(
+    newer_action(
         "pre-checks.ruff-setup-python-v6",
-        ("jobs", "ruff", "steps", {"name": "Set up Python environment"}),
-        "uses",
+        "ruff",
+        "Set up Python environment",
+        "actions/setup-python@v4",
         "actions/setup-python@v6",
-        replaces="actions/setup-python@v4",
     ),
 ]
