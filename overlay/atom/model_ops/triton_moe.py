@@ -148,9 +148,35 @@ def _quant_rows(
     return q, scale
 
 
+@triton.jit
+def _zero_range(ptr, lo, hi, numel, CHUNK: tl.constexpr):
+    # Zero ptr[lo:hi) (clipped to numel) with CHUNK-wide stores.
+    for zo in range(lo, hi, CHUNK):
+        zr = zo + tl.arange(0, CHUNK)
+        tl.store(ptr + zr, tl.zeros([CHUNK], ptr.dtype.element_ty), mask=zr < numel)
+
+
 # --------------------------------------------------------------------------------------
 # 1. Routing alignment
 # --------------------------------------------------------------------------------------
+@triton.jit
+def _masked_histogram(e, m, E_P2: tl.constexpr):
+    # Histogram of the ids e over E_P2 bins, lanes outside m left out. Masked lanes
+    # must hold E_P2 - 1: they land in the last bin and are taken out again (no
+    # histogram mask argument needed, which older Triton releases lack).
+    n_masked = tl.sum((~m).to(tl.int32), axis=0)
+    last = tl.arange(0, E_P2) == E_P2 - 1
+    return tl.histogram(e, E_P2) - tl.where(last, n_masked, 0)
+
+
+@triton.jit
+def _padded_scan(counts, BLOCK_M: tl.constexpr):
+    # Per-expert counts -> (segment lengths padded to BLOCK_M, starts, ends).
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    return padded, ends - padded, ends
+
+
 @triton.jit
 def _align_count_scan_kernel(
     ids_ptr,
@@ -171,14 +197,8 @@ def _align_count_scan_kernel(
         offs = start + tl.arange(0, CHUNK)
         m = offs < numel
         e = tl.load(ids_ptr + offs, mask=m, other=E_P2 - 1).to(tl.int32)
-        # Masked lanes land in the last bin; take them out again (no histogram
-        # mask argument needed, which older Triton releases lack).
-        n_masked = tl.sum((~m).to(tl.int32), axis=0)
-        counts += tl.histogram(e, E_P2)
-        counts -= tl.where(er == E_P2 - 1, n_masked, 0)
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    ends = tl.cumsum(padded, axis=0)
-    starts = ends - padded
+        counts += _masked_histogram(e, m, E_P2)
+    padded, starts, ends = _padded_scan(counts, BLOCK_M)
     tl.store(ws_ptr + er, starts, mask=em)
     tl.store(ws_ptr + num_experts + er, ends, mask=em)
     tl.store(ws_ptr + 2 * num_experts + er, counts, mask=em)
@@ -273,18 +293,13 @@ def _align_small_kernel(
     # barrier is needed between the stores. ZERO: also zero a small int32 buffer
     # (the split-K GEMM1 tile counters).
     if ZERO:
-        for zo in range(0, zero_numel, CHUNK):
-            zr = zo + tl.arange(0, CHUNK)
-            tl.store(zero_ptr + zr, tl.zeros([CHUNK], tl.int32), mask=zr < zero_numel)
+        _zero_range(zero_ptr, 0, zero_numel, zero_numel, CHUNK)
     er = tl.arange(0, E_P2)
     offs = tl.arange(0, N_P2)
     m = offs < numel
     e = tl.load(ids_ptr + offs, mask=m, other=E_P2 - 1).to(tl.int32)
-    n_masked = tl.sum((~m).to(tl.int32), axis=0)
-    counts = tl.histogram(e, E_P2) - tl.where(er == E_P2 - 1, n_masked, 0)
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    ends = tl.cumsum(padded, axis=0)
-    starts = ends - padded
+    counts = _masked_histogram(e, m, E_P2)
+    padded, starts, ends = _padded_scan(counts, BLOCK_M)
     total = tl.sum(padded, axis=0)
     tl.store(post_pad_ptr, total)
 
@@ -509,167 +524,111 @@ def per_token_group_quant_fp8(
         GROUP=group_size,
         GROUP_P2=gp2,
         ROWS=rows,
-        FP8_MAX=_fp8_max(fp8_dtype),
-        FP8_TINY=_fp8_tiny(fp8_dtype),
-        EXACT_ROUND=_interpreting(),
+        **_fp8_meta(fp8_dtype),
         num_warps=4,
     )
     return q, s
 
 
 # --------------------------------------------------------------------------------------
-# 3. GEMM1: x . w13^T with SiLU(gate) * up in the epilogue
+# 3. GEMM building blocks (shared by GEMM1 and GEMM2; inlined by Triton)
 # --------------------------------------------------------------------------------------
 @triton.jit
 def _pid_grouped(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    width = GROUP_M * num_pid_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
+    if GROUP_M == 1:  # plain row-major order
+        pid_m = pid // num_pid_n
+        pid_n = pid % num_pid_n
+    else:
+        width = GROUP_M * num_pid_n
+        group = pid // width
+        first_m = group * GROUP_M
+        size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % width) % size_m
+        pid_n = (pid % width) // size_m
     return pid_m, pid_n
 
 
 @triton.jit
-def _moe_gemm1_kernel(
-    a_ptr,
-    a_scale_ptr,
-    w_ptr,
-    w_scale_ptr,
-    out_ptr,
-    out_scale_ptr,
+def _tile_rows(
     sorted_ptr,
     expert_ids_ptr,
-    post_pad_ptr,
-    N,
-    K,
+    pid_m,
+    pid_n,
     numel,
-    num_cols,
-    num_pid_m,
-    stride_am,
-    stride_ak,
-    stride_asm,
-    stride_ask,
-    stride_we,
-    stride_wn,
-    stride_wk,
-    stride_wse,
-    stride_wsn,
-    stride_wsk,
-    ws_up_offset,
-    stride_om,
-    stride_osm,
-    zero_ptr,
-    zero_numel,
-    A_QUANT: tl.constexpr,
-    A_GROUP: tl.constexpr,
-    W_SCALE: tl.constexpr,
-    SBN: tl.constexpr,
-    SBK: tl.constexpr,
-    OUT_QUANT: tl.constexpr,
-    ZERO_OUT: tl.constexpr,
-    UPCAST: tl.constexpr,
-    FP8_MAX: tl.constexpr,
-    FP8_TINY: tl.constexpr,
-    EXACT_ROUND: tl.constexpr,
+    N,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    if ZERO_OUT:
-        # Zero GEMM2's fp32 top-k accumulator here (saves a memset launch): GEMM2
-        # runs after this kernel has completed.
-        chunk = tl.cdiv(tl.cdiv(zero_numel, tl.num_programs(0)), 1024) * 1024
-        z0 = pid * chunk
-        for zo in range(z0, tl.minimum(z0 + chunk, zero_numel), 1024):
-            zr = zo + tl.arange(0, 1024)
-            tl.store(zero_ptr + zr, tl.zeros([1024], tl.float32), mask=zr < zero_numel)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = _pid_grouped(pid, num_pid_m, num_pid_n, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(post_pad_ptr):
-        return
+    # Expert, aligned rows (flat token * C + column indices, padding rows masked
+    # out) and output columns of tile (pid_m, pid_n).
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     flat = tl.load(sorted_ptr + offs_m)
-    row_ok = flat < numel
-    tok = (flat // num_cols).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-
-    a_ptrs = a_ptr + tok[:, None] * stride_am + offs_k[None, :] * stride_ak
-    w_base = w_ptr + expert * stride_we
-    wg_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
-    wu_ptrs = wg_ptrs + N * stride_wn
-    ws_base = w_scale_ptr + expert * stride_wse
-    fp8 = w_ptr.dtype.element_ty
-
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for kb in range(tl.cdiv(K, BLOCK_K)):
-        k0 = kb * BLOCK_K
-        k_ok = offs_k < K - k0
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if A_QUANT:
-            aq, a_s = _quant_rows(a.to(tl.float32), FP8_MAX, FP8_TINY, EXACT_ROUND)
-            a = aq.to(fp8)
-        else:
-            a_s = tl.load(
-                a_scale_ptr + tok * stride_asm + (k0 // A_GROUP) * stride_ask,
-                mask=row_ok,
-                other=0.0,
-            )
-        wmask = k_ok[:, None] & n_ok[None, :]
-        bg = tl.load(wg_ptrs, mask=wmask, other=0.0)
-        bu = tl.load(wu_ptrs, mask=wmask, other=0.0)
-        if UPCAST:
-            a = a.to(tl.bfloat16)
-            bg = bg.to(tl.bfloat16)
-            bu = bu.to(tl.bfloat16)
-        g = tl.dot(a, bg)
-        u = tl.dot(a, bu)
-        if W_SCALE == 2:
-            ks = (k0 // SBK) * stride_wsk
-            sg = tl.load(ws_base + (offs_n // SBN) * stride_wsn + ks, mask=n_ok)
-            su = tl.load(ws_base + ((offs_n + N) // SBN) * stride_wsn + ks, mask=n_ok)
-            acc_g += g * (a_s[:, None] * sg[None, :])
-            acc_u += u * (a_s[:, None] * su[None, :])
-        else:
-            acc_g += g * a_s[:, None]
-            acc_u += u * a_s[:, None]
-        a_ptrs += BLOCK_K * stride_ak
-        wg_ptrs += BLOCK_K * stride_wk
-        wu_ptrs += BLOCK_K * stride_wk
-
-    if W_SCALE == 0:
-        acc_g = acc_g * tl.load(ws_base)
-        acc_u = acc_u * tl.load(ws_base + ws_up_offset)
-    elif W_SCALE == 1:
-        sg = tl.load(ws_base + offs_n * stride_wsn, mask=n_ok)
-        su = tl.load(ws_base + (offs_n + N) * stride_wsn, mask=n_ok)
-        acc_g = acc_g * sg[None, :]
-        acc_u = acc_u * su[None, :]
-    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
-
-    out_rows = offs_m.to(tl.int64)
-    omask = row_ok[:, None] & n_ok[None, :]
-    o_ptrs = out_ptr + out_rows[:, None] * stride_om + offs_n[None, :]
-    if OUT_QUANT:
-        hq, hs = _quant_rows(h, FP8_MAX, FP8_TINY, EXACT_ROUND)
-        tl.store(o_ptrs, hq.to(out_ptr.dtype.element_ty), mask=omask)
-        tl.store(out_scale_ptr + out_rows * stride_osm + pid_n, hs, mask=row_ok)
-    else:
-        tl.store(
-            o_ptrs, _cast_out(h, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
-        )
+    return expert, offs_m, flat, flat < numel, offs_n, offs_n < N
 
 
 @triton.jit
-def _moe_gemm1_splitk_kernel(
+def _load_act(
+    a_ptrs,
+    as_row_ptrs,
+    as_k_off,
+    row_ok,
+    k_ok,
+    fp8: tl.constexpr,
+    A_QUANT: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+    FP8_TINY: tl.constexpr,
+    EXACT_ROUND: tl.constexpr,
+):
+    # One K step of the activation tile: (FP8 values, [BLOCK_M] float32 scales).
+    # A_QUANT: quantised here per row of the tile; else the FP8 input and its
+    # per-row group scales at as_row_ptrs + as_k_off.
+    a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+    if A_QUANT:
+        aq, a_s = _quant_rows(a.to(tl.float32), FP8_MAX, FP8_TINY, EXACT_ROUND)
+        a = aq.to(fp8)
+    else:
+        a_s = tl.load(as_row_ptrs + as_k_off, mask=row_ok, other=0.0)
+    return a, a_s
+
+
+@triton.jit
+def _dot_fp8(a, b, UPCAST: tl.constexpr):
+    # UPCAST: the device has no native FP8 dot for this dtype, use bf16.
+    if UPCAST:
+        a = a.to(tl.bfloat16)
+        b = b.to(tl.bfloat16)
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _scale_acc(acc, p, a_s, ws_n_ptrs, ws_k_off, n_ok, W_SCALE: tl.constexpr):
+    # acc += p * activation scales (* the block scales of this K step).
+    if W_SCALE == 2:
+        bs = tl.load(ws_n_ptrs + ws_k_off, mask=n_ok)
+        acc += p * (a_s[:, None] * bs[None, :])
+    else:
+        acc += p * a_s[:, None]
+    return acc
+
+
+@triton.jit
+def _out_scale(acc, ws_ptr, n_idx, n_ok, stride_wsn, W_SCALE: tl.constexpr):
+    # Per-tensor / per-output-channel weight scales, applied after the K loop
+    # (block scales are applied per K step by _scale_acc).
+    if W_SCALE == 0:
+        acc = acc * tl.load(ws_ptr)
+    elif W_SCALE == 1:
+        acc = acc * tl.load(ws_ptr + n_idx * stride_wsn, mask=n_ok)[None, :]
+    return acc
+
+
+# --------------------------------------------------------------------------------------
+# 4. GEMM1: x . w13^T with SiLU(gate) * up in the epilogue
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _moe_gemm1_kernel(
     a_ptr,
     a_scale_ptr,
     w_ptr,
@@ -685,6 +644,7 @@ def _moe_gemm1_splitk_kernel(
     K,
     numel,
     num_cols,
+    num_pid_m,
     k_per_split,
     stride_ps,
     stride_am,
@@ -716,92 +676,92 @@ def _moe_gemm1_splitk_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
     SPLIT: tl.constexpr,
 ):
-    # GEMM1 split over K for small M (weight streaming needs many programs). Each
-    # program stores its fp32 partial gate/up tile; the last of the SPLIT
-    # programs of a tile (counter, zeroed by the alignment launch and reset here)
-    # sums the partials and runs the SiLU * up (+ FP8 quantisation) epilogue.
+    # SPLIT > 1: the reduction over K is split (small M: weight streaming needs
+    # many programs; grid axis 1, k_per_split each). Each program stores its fp32
+    # partial gate/up tile to part_ptr; the last of the SPLIT programs of a tile
+    # (counter cnt_ptr, zeroed by the alignment launch and reset here) sums the
+    # partials and runs the SiLU * up (+ FP8 quantisation) epilogue. part_ptr,
+    # cnt_ptr, k_per_split and stride_ps are unused when SPLIT == 1.
     pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_k = tl.program_id(1) if SPLIT > 1 else 0
     if ZERO_OUT:
+        # Zero GEMM2's fp32 top-k accumulator here (saves a memset launch): GEMM2
+        # runs after this kernel has completed.
         nprog = tl.num_programs(0) * SPLIT
-        zid = pid_k * tl.num_programs(0) + pid
         chunk = tl.cdiv(tl.cdiv(zero_numel, nprog), 1024) * 1024
-        z0 = zid * chunk
-        for zo in range(z0, tl.minimum(z0 + chunk, zero_numel), 1024):
-            zr = zo + tl.arange(0, 1024)
-            tl.store(zero_ptr + zr, tl.zeros([1024], tl.float32), mask=zr < zero_numel)
+        z0 = (pid_k * tl.num_programs(0) + pid) * chunk
+        _zero_range(zero_ptr, z0, tl.minimum(z0 + chunk, zero_numel), zero_numel, 1024)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // num_pid_n
-    pid_n = pid % num_pid_n
+    pid_m, pid_n = _pid_grouped(pid, num_pid_m, num_pid_n, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(post_pad_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    flat = tl.load(sorted_ptr + offs_m)
-    row_ok = flat < numel
+    expert, offs_m, flat, row_ok, offs_n, n_ok = _tile_rows(
+        sorted_ptr, expert_ids_ptr, pid_m, pid_n, numel, N, BLOCK_M, BLOCK_N
+    )
     tok = (flat // num_cols).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    k_begin = pid_k * k_per_split
-    k_end = tl.minimum(k_begin + k_per_split, K)
-    offs_k = k_begin + tl.arange(0, BLOCK_K)
+    if SPLIT == 1:
+        k_begin = 0
+        k_end = K
+    else:
+        k_begin = pid_k * k_per_split
+        k_end = tl.minimum(k_begin + k_per_split, K)
+    k_lane = tl.arange(0, BLOCK_K)
+    offs_k = k_begin + k_lane
 
     a_ptrs = a_ptr + tok[:, None] * stride_am + offs_k[None, :] * stride_ak
+    as_rows = a_scale_ptr + tok * stride_asm
     w_base = w_ptr + expert * stride_we
     wg_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
     wu_ptrs = wg_ptrs + N * stride_wn
     ws_base = w_scale_ptr + expert * stride_wse
+    wsg_n = ws_base + (offs_n // SBN) * stride_wsn
+    wsu_n = ws_base + ((offs_n + N) // SBN) * stride_wsn
     fp8 = w_ptr.dtype.element_ty
 
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(k_begin, k_end, BLOCK_K):
-        k_ok = (offs_k + (k0 - k_begin)) < k_end
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if A_QUANT:
-            aq, a_s = _quant_rows(a.to(tl.float32), FP8_MAX, FP8_TINY, EXACT_ROUND)
-            a = aq.to(fp8)
-        else:
-            a_s = tl.load(
-                a_scale_ptr + tok * stride_asm + (k0 // A_GROUP) * stride_ask,
-                mask=row_ok,
-                other=0.0,
-            )
+    for kb in range(tl.cdiv(k_end - k_begin, BLOCK_K)):
+        k0 = k_begin + kb * BLOCK_K
+        k_ok = k_lane < k_end - k0
+        a, a_s = _load_act(
+            a_ptrs,
+            as_rows,
+            (k0 // A_GROUP) * stride_ask,
+            row_ok,
+            k_ok,
+            fp8,
+            A_QUANT,
+            FP8_MAX,
+            FP8_TINY,
+            EXACT_ROUND,
+        )
         wmask = k_ok[:, None] & n_ok[None, :]
         bg = tl.load(wg_ptrs, mask=wmask, other=0.0)
         bu = tl.load(wu_ptrs, mask=wmask, other=0.0)
-        if UPCAST:
-            a = a.to(tl.bfloat16)
-            bg = bg.to(tl.bfloat16)
-            bu = bu.to(tl.bfloat16)
-        g = tl.dot(a, bg)
-        u = tl.dot(a, bu)
-        if W_SCALE == 2:
-            ks = (k0 // SBK) * stride_wsk
-            sg = tl.load(ws_base + (offs_n // SBN) * stride_wsn + ks, mask=n_ok)
-            su = tl.load(ws_base + ((offs_n + N) // SBN) * stride_wsn + ks, mask=n_ok)
-            acc_g += g * (a_s[:, None] * sg[None, :])
-            acc_u += u * (a_s[:, None] * su[None, :])
-        else:
-            acc_g += g * a_s[:, None]
-            acc_u += u * a_s[:, None]
+        g = _dot_fp8(a, bg, UPCAST)
+        u = _dot_fp8(a, bu, UPCAST)
+        ks = (k0 // SBK) * stride_wsk
+        acc_g = _scale_acc(acc_g, g, a_s, wsg_n, ks, n_ok, W_SCALE)
+        acc_u = _scale_acc(acc_u, u, a_s, wsu_n, ks, n_ok, W_SCALE)
         a_ptrs += BLOCK_K * stride_ak
         wg_ptrs += BLOCK_K * stride_wk
         wu_ptrs += BLOCK_K * stride_wk
 
-    # Partials: [SPLIT, rows, 2N] fp32, gate in [0, N), up in [N, 2N).
     rows64 = offs_m.to(tl.int64)
-    p_ptrs = part_ptr + rows64[:, None] * (2 * N) + offs_n[None, :]
-    pmask = n_ok[None, :] & (offs_m[:, None] >= 0)
-    tl.store(p_ptrs + pid_k * stride_ps, acc_g, mask=pmask)
-    tl.store(p_ptrs + pid_k * stride_ps + N, acc_u, mask=pmask)
-    tl.debug_barrier()
-    tile = pid_m * num_pid_n + pid_n
-    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
-    if arrived == SPLIT - 1:
+    if SPLIT > 1:
+        # Partials: [SPLIT, rows, 2N] fp32, gate in [0, N), up in [N, 2N).
+        p_ptrs = part_ptr + rows64[:, None] * (2 * N) + offs_n[None, :]
+        pmask = n_ok[None, :] & (offs_m[:, None] >= 0)
+        tl.store(p_ptrs + pid_k * stride_ps, acc_g, mask=pmask)
+        tl.store(p_ptrs + pid_k * stride_ps + N, acc_u, mask=pmask)
+        tl.debug_barrier()
+        tile = pid_m * num_pid_n + pid_n
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if arrived != SPLIT - 1:
+            return
         tl.debug_barrier()
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -813,29 +773,26 @@ def _moe_gemm1_splitk_kernel(
                 p_ptrs + sk * stride_ps + N, mask=pmask, other=0.0, cache_modifier=".cg"
             )
         tl.store(cnt_ptr + tile, 0)  # leave the counter zeroed
-        if W_SCALE == 0:
-            acc_g = acc_g * tl.load(ws_base)
-            acc_u = acc_u * tl.load(ws_base + ws_up_offset)
-        elif W_SCALE == 1:
-            sg = tl.load(ws_base + offs_n * stride_wsn, mask=n_ok)
-            su = tl.load(ws_base + (offs_n + N) * stride_wsn, mask=n_ok)
-            acc_g = acc_g * sg[None, :]
-            acc_u = acc_u * su[None, :]
-        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
-        omask = row_ok[:, None] & n_ok[None, :]
-        o_ptrs = out_ptr + rows64[:, None] * stride_om + offs_n[None, :]
-        if OUT_QUANT:
-            hq, hs = _quant_rows(h, FP8_MAX, FP8_TINY, EXACT_ROUND)
-            tl.store(o_ptrs, hq.to(out_ptr.dtype.element_ty), mask=omask)
-            tl.store(out_scale_ptr + rows64 * stride_osm + pid_n, hs, mask=row_ok)
-        else:
-            tl.store(
-                o_ptrs, _cast_out(h, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
-            )
+
+    acc_g = _out_scale(acc_g, ws_base, offs_n, n_ok, stride_wsn, W_SCALE)
+    # Per-tensor scales may hold a separate up scalar ([E, 2]).
+    ws_up = ws_base + ws_up_offset if W_SCALE == 0 else ws_base
+    acc_u = _out_scale(acc_u, ws_up, offs_n + N, n_ok, stride_wsn, W_SCALE)
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+    omask = row_ok[:, None] & n_ok[None, :]
+    o_ptrs = out_ptr + rows64[:, None] * stride_om + offs_n[None, :]
+    if OUT_QUANT:
+        hq, hs = _quant_rows(h, FP8_MAX, FP8_TINY, EXACT_ROUND)
+        tl.store(o_ptrs, hq.to(out_ptr.dtype.element_ty), mask=omask)
+        tl.store(out_scale_ptr + rows64 * stride_osm + pid_n, hs, mask=row_ok)
+    else:
+        tl.store(
+            o_ptrs, _cast_out(h, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
+        )
 
 
 # --------------------------------------------------------------------------------------
-# 4. GEMM2: intermediate . w2^T, routing weight, top-k sum
+# 5. GEMM2: intermediate . w2^T, routing weight, top-k sum
 # --------------------------------------------------------------------------------------
 @triton.jit
 def _moe_gemm2_kernel(
@@ -887,55 +844,44 @@ def _moe_gemm2_kernel(
     pid_m, pid_n = _pid_grouped(pid, num_pid_m, num_pid_n, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(post_pad_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    flat = tl.load(sorted_ptr + offs_m)
-    row_ok = flat < numel
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
+    expert, offs_m, flat, row_ok, offs_n, n_ok = _tile_rows(
+        sorted_ptr, expert_ids_ptr, pid_m, pid_n, numel, N, BLOCK_M, BLOCK_N
+    )
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
     offs_k = k_begin + tl.arange(0, BLOCK_K)
 
     rows = offs_m.to(tl.int64)
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]
+    as_rows = a_scale_ptr + rows * stride_asm
     w_base = w_ptr + expert * stride_we
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
     ws_base = w_scale_ptr + expert * stride_wse
+    ws_n = ws_base + (offs_n // SBN) * stride_wsn
     fp8 = w_ptr.dtype.element_ty
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         k_ok = (offs_k + (k0 - k_begin)) < k_end
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if A_QUANT:
-            aq, a_s = _quant_rows(a.to(tl.float32), FP8_MAX, FP8_TINY, EXACT_ROUND)
-            a = aq.to(fp8)
-        else:
-            a_s = tl.load(
-                a_scale_ptr + rows * stride_asm + k0 // A_GROUP, mask=row_ok, other=0.0
-            )
+        a, a_s = _load_act(
+            a_ptrs,
+            as_rows,
+            k0 // A_GROUP,
+            row_ok,
+            k_ok,
+            fp8,
+            A_QUANT,
+            FP8_MAX,
+            FP8_TINY,
+            EXACT_ROUND,
+        )
         b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.bfloat16)
-            b = b.to(tl.bfloat16)
-        p = tl.dot(a, b)
-        if W_SCALE == 2:
-            bs = tl.load(
-                ws_base + (offs_n // SBN) * stride_wsn + (k0 // SBK) * stride_wsk,
-                mask=n_ok,
-            )
-            acc += p * (a_s[:, None] * bs[None, :])
-        else:
-            acc += p * a_s[:, None]
+        p = _dot_fp8(a, b, UPCAST)
+        acc = _scale_acc(acc, p, a_s, ws_n, (k0 // SBK) * stride_wsk, n_ok, W_SCALE)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wk
 
-    if W_SCALE == 0:
-        acc = acc * tl.load(ws_base)
-    elif W_SCALE == 1:
-        acc = acc * tl.load(ws_base + offs_n * stride_wsn, mask=n_ok)[None, :]
+    acc = _out_scale(acc, ws_base, offs_n, n_ok, stride_wsn, W_SCALE)
     tok = flat // num_cols
     col = flat % num_cols
     rw = tl.load(
@@ -945,16 +891,15 @@ def _moe_gemm2_kernel(
     ).to(tl.float32)
     acc = acc * rw[:, None]
     omask = row_ok[:, None] & n_ok[None, :]
+    # Output row: the token (atomic top-k sum, or the only column), or the
+    # (token, column) entry (buffer reduction).
+    o_rows = tok
+    if REDUCE == 1:
+        o_rows = flat
+    o_ptrs = out_ptr + o_rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     if REDUCE == 0:
-        o_ptrs = out_ptr + tok.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         tl.atomic_add(o_ptrs, acc, mask=omask, sem="relaxed")
-    elif REDUCE == 1:
-        o_ptrs = out_ptr + flat.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-        tl.store(
-            o_ptrs, _cast_out(acc, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
-        )
     else:
-        o_ptrs = out_ptr + tok.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         tl.store(
             o_ptrs, _cast_out(acc, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
         )
@@ -1240,6 +1185,25 @@ def _ceil_pow2_div(value: int, cap: int) -> int:
     return v
 
 
+def _fp8_meta(dtype: torch.dtype, device: torch.device | None = None) -> dict:
+    """The FP8 constexprs of the kernels (with ``UPCAST`` when ``device`` is given)."""
+    meta = {
+        "FP8_MAX": _fp8_max(dtype),
+        "FP8_TINY": _fp8_tiny(dtype),
+        "EXACT_ROUND": _interpreting(),
+    }
+    if device is not None:
+        meta["UPCAST"] = not _native_fp8_dot(dtype, device)
+    return meta
+
+
+def _split_k(k: int, split: int, bk: int) -> tuple[int, int]:
+    """(reduction length per split, number of splits) for ``split`` requested
+    splits of a reduction of length ``k`` in ``bk``-wide steps."""
+    k_per_split = triton.cdiv(triton.cdiv(k, max(1, split)), bk) * bk
+    return k_per_split, triton.cdiv(k, k_per_split)
+
+
 # --------------------------------------------------------------------------------------
 # Stage wrappers
 # --------------------------------------------------------------------------------------
@@ -1294,74 +1258,23 @@ def moe_gemm1_silu(
     a_quant = x_scale is None
     a_s = x if a_quant else x_scale
     num_pid_m = rows // bm
-    split = max(1, int(cfg.get("split_k1", 1)))
+    num_pid_n = triton.cdiv(N, bn)
+    k_per_split, split = _split_k(K, int(cfg.get("split_k1", 1)), bk)
+    part, cnt = out, align.num_tokens_post_padded  # unused unless split > 1
     if split > 1:
-        k_per_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
-        split = triton.cdiv(K, k_per_split)
-    if split > 1:
-        if counters is None or counters.numel() < num_pid_m * triton.cdiv(N, bn):
+        if counters is None or counters.numel() < num_pid_m * num_pid_n:
             raise ValueError("split-K GEMM1 needs zeroed tile counters")
         part = torch.empty((split, rows, 2 * N), dtype=torch.float32, device=x.device)
-        _moe_gemm1_splitk_kernel[(num_pid_m * triton.cdiv(N, bn), split)](
-            x,
-            a_s,
-            w13,
-            w13_scale.tensor,
-            out,
-            out_s,
-            part,
-            counters,
-            align.sorted_token_ids,
-            align.expert_ids,
-            align.num_tokens_post_padded,
-            N,
-            K,
-            numel,
-            num_cols,
-            k_per_split,
-            part.stride(0),
-            x.stride(0),
-            x.stride(1),
-            0 if a_quant else a_s.stride(0),
-            0 if a_quant else a_s.stride(1),
-            w13.stride(0),
-            w13.stride(1),
-            w13.stride(2),
-            w13_scale.stride_e,
-            w13_scale.stride_n,
-            w13_scale.stride_k,
-            w13_scale.up_offset,
-            out.stride(0),
-            out_s.stride(0),
-            out_s if zero_out is None else zero_out,
-            0 if zero_out is None else zero_out.numel(),
-            A_QUANT=a_quant,
-            A_GROUP=cfg.get("x_group", 128),
-            W_SCALE=w13_scale.mode,
-            SBN=cfg.get("sbn", 1),
-            SBK=cfg.get("sbk", 1),
-            OUT_QUANT=quant_out,
-            ZERO_OUT=zero_out is not None,
-            UPCAST=not _native_fp8_dot(w13.dtype, x.device),
-            FP8_MAX=_fp8_max(w13.dtype),
-            FP8_TINY=_fp8_tiny(w13.dtype),
-            EXACT_ROUND=_interpreting(),
-            BLOCK_M=bm,
-            BLOCK_N=bn,
-            BLOCK_K=bk,
-            SPLIT=split,
-            num_warps=cfg["w1"],
-            num_stages=cfg["s1"],
-        )
-        return out, (out_s if quant_out else None)
-    grid = (num_pid_m * triton.cdiv(N, bn),)
-    _moe_gemm1_kernel[grid](
+        cnt = counters
+    _moe_gemm1_kernel[(num_pid_m * num_pid_n, split)](
         x,
         a_s,
         w13,
         w13_scale.tensor,
         out,
         out_s,
+        part,
+        cnt,
         align.sorted_token_ids,
         align.expert_ids,
         align.num_tokens_post_padded,
@@ -1370,6 +1283,8 @@ def moe_gemm1_silu(
         numel,
         num_cols,
         num_pid_m,
+        k_per_split,
+        part.stride(0),
         x.stride(0),
         x.stride(1),
         0 if a_quant else a_s.stride(0),
@@ -1392,14 +1307,13 @@ def moe_gemm1_silu(
         SBK=cfg.get("sbk", 1),
         OUT_QUANT=quant_out,
         ZERO_OUT=zero_out is not None,
-        UPCAST=not _native_fp8_dot(w13.dtype, x.device),
-        FP8_MAX=_fp8_max(w13.dtype),
-        FP8_TINY=_fp8_tiny(w13.dtype),
-        EXACT_ROUND=_interpreting(),
+        **_fp8_meta(w13.dtype, x.device),
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_K=bk,
-        GROUP_M=cfg["group_m"],
+        # The split-K tiles go in plain row-major order (GROUP_M=1).
+        GROUP_M=cfg["group_m"] if split == 1 else 1,
+        SPLIT=split,
         num_warps=cfg["w1"],
         num_stages=cfg["s1"],
     )
@@ -1444,8 +1358,7 @@ def moe_gemm2_reduce(
         out = torch.empty((numel, K), dtype=out_dtype, device=dev)
     else:
         out = torch.empty((num_tokens, K), dtype=out_dtype, device=dev)
-    k_per_split = triton.cdiv(triton.cdiv(N, split_k), bk) * bk
-    split_k = triton.cdiv(N, k_per_split)
+    k_per_split, split_k = _split_k(N, split_k, bk)
     a_quant = h_scale is None
     num_pid_m = align.sorted_token_ids.numel() // bm
     grid = (num_pid_m * triton.cdiv(K, bn), split_k)
@@ -1482,10 +1395,7 @@ def moe_gemm2_reduce(
         SBN=cfg.get("sbn", 1),
         SBK=cfg.get("sbk", 1),
         REDUCE=reduce,
-        UPCAST=not _native_fp8_dot(w2.dtype, dev),
-        FP8_MAX=_fp8_max(w2.dtype),
-        FP8_TINY=_fp8_tiny(w2.dtype),
-        EXACT_ROUND=_interpreting(),
+        **_fp8_meta(w2.dtype, dev),
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_K=bk,
