@@ -9,7 +9,7 @@ import types
 import fake_aiter
 import pytest
 import torch
-from fake_aiter import atom_stubs
+from fake_aiter import atom_stubs, harness
 
 
 def load(monkeypatch, ck=True, ck_free=False, triton_decode=False):
@@ -132,19 +132,7 @@ def test_prefill_mha_routing(monkeypatch, ck, flag, uses_ck):
 def _decode(mla, max_seqlen_q=1):
     attn = make_attention(mla)
     b = 3
-    meta = types.SimpleNamespace(
-        kv_indptr=torch.tensor([0, 2, 5, 6], dtype=torch.int32),
-        kv_indices=torch.arange(6, dtype=torch.int32),
-        cu_seqlens_q=torch.arange(b + 1, dtype=torch.int32) * max_seqlen_q,
-        kv_last_page_lens=torch.ones(b, dtype=torch.int32),
-        max_seqlen_q=max_seqlen_q,
-        work_meta_data=None,
-        work_indptr=None,
-        work_info_set=None,
-        reduce_indptr=None,
-        reduce_final_map=None,
-        reduce_partial_map=None,
-    )
+    meta = harness.mla_decode_metadata(b, max_seqlen_q)
     attn._v_up_proj_and_o_proj = lambda o: o
     q = torch.randn(b * max_seqlen_q, H, LORA + ROPE, dtype=torch.bfloat16)
     return attn._forward_decode(

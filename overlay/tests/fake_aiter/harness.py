@@ -155,10 +155,9 @@ def mla_prefill_mha(module, lens=(4, 1, 3), kv_dtype="bf16"):
     )
 
 
-def mla_decode(module, max_seqlen_q=1, kv_dtype="bf16", batch=3):
-    d = MLA_DIMS
-    attn = mla_attention(module, kv_dtype)
-    meta = types.SimpleNamespace(
+def mla_decode_metadata(batch=3, max_seqlen_q=1):
+    """Decode metadata of ``batch`` (≤ 3) sequences over a 6-page KV cache."""
+    return types.SimpleNamespace(
         kv_indptr=torch.tensor([0, 2, 5, 6], dtype=torch.int32)[: batch + 1],
         kv_indices=torch.arange(6, dtype=torch.int32),
         cu_seqlens_q=torch.arange(batch + 1, dtype=torch.int32) * max_seqlen_q,
@@ -171,6 +170,12 @@ def mla_decode(module, max_seqlen_q=1, kv_dtype="bf16", batch=3):
         reduce_final_map=None,
         reduce_partial_map=None,
     )
+
+
+def mla_decode(module, max_seqlen_q=1, kv_dtype="bf16", batch=3):
+    d = MLA_DIMS
+    attn = mla_attention(module, kv_dtype)
+    meta = mla_decode_metadata(batch, max_seqlen_q)
     dtype = torch.float8_e4m3fnuz if kv_dtype == "fp8" else torch.bfloat16
     q = torch.randn(batch * max_seqlen_q, d["heads"], d["lora"] + d["rope"]).to(dtype)
     cache = torch.zeros(16, 1, d["lora"] + d["rope"]).to(dtype)
