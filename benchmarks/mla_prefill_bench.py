@@ -107,10 +107,13 @@ def main() -> int:
     k = torch.randn(t, h, 192, device=dev, dtype=torch.bfloat16)
     v = torch.randn(t, h, 128, device=dev, dtype=torch.bfloat16)
     m = max(lens)
-    batched = lambda: mla.varlen_causal_attention(
-        q, k, v, cu, cu, m, m, scale
-    )  # noqa: E731
-    naive = lambda: loop_attention(q, k, v, cu, scale)  # noqa: E731
+
+    def batched():
+        return mla.varlen_causal_attention(q, k, v, cu, cu, m, m, scale)
+
+    def naive():
+        return loop_attention(q, k, v, cu, scale)
+
     ref = loop_attention(q.double(), k.double(), v.double(), cu, scale)
     err = (batched().double() - ref).abs().max().item()
     table_ok = torch.equal(mha.prefill_block_table(cu, m), loop_block_table(cu, m))

@@ -81,9 +81,41 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=300)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument(
+        "--knobs",
+        default="",
+        help="comma list: descend over these knobs only (default: all of ORDER)",
+    )
+    ap.add_argument(
+        "--space",
+        default="",
+        help='JSON {knob: [values]} replacing SPACE entries (e.g. {"w1": [4, 8, 16]})',
+    )
+    ap.add_argument(
+        "--starts",
+        default="",
+        help='JSON {"shape:M": [{overrides}, ...]}: candidate starts (overrides of '
+        "the current config), each timed; the best one starts the descent",
+    )
+    ap.add_argument(
+        "--cell-budget-s", type=float, default=0, help="per-cell time limit (0: none)"
+    )
+    ap.add_argument(
+        "--aiter",
+        action="store_true",
+        help="also time the AITER peer (shipped + its sweep) on each cell, same run",
+    )
     ap.add_argument("--out", default=str(mb.ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     deadline = time.time() + args.budget_s
+    args.order = [k for k in args.knobs.split(",") if k] or ORDER
+    args.space = dict(SPACE, **(json.loads(args.space) if args.space else {}))
+    args.starts = json.loads(args.starts) if args.starts else {}
+    args.peer = None
+    if args.aiter:
+        args.peer, why = mb.load_aiter_peer()
+        mb.log(f"AITER peer: {'loaded' if args.peer else why}")
+        args.no_aiter_sweep = False
 
     tm = mb.load_triton_moe("atom_ckfree_triton_moe_tune", interpret=False)
     card = torch.cuda.get_device_name()
@@ -163,22 +195,38 @@ def tune_shape(tm, name, ms, args, deadline, card, flush, tuned):
                 return float("inf")
             return mb.time_graph(fn, args.reps, flush)
 
+        cell_deadline = deadline
+        if args.cell_budget_s:
+            cell_deadline = min(deadline, time.time() + args.cell_budget_s)
+        if args.peer is not None:
+            ar = mb.run_aiter(args, x, w13, w2, s13, s2, tw, ti, bs, ref, nchk, flush)
+            mb.log(
+                f"[{name}] M={M}: AITER shipped {ar['aiter_ms']:.4f}, best "
+                f"{ar['aiter_best_ms']:.4f} ({ar['aiter_best']})"
+            )
         best = tm.get_moe_config(card, E, N, K, M, num_cols=top_k)
         best_t = measure(best)
         start_t = best_t
+        mb.log(f"[{name}] M={M}: current {start_t:.4f} ms")
+        base = dict(best)
+        for over in args.starts.get(f"{name}:{M}", []):
+            if time.time() > cell_deadline:
+                break
+            cand = dict(base, **over)
+            t = measure(cand)
+            mb.log(f"[{name}] M={M}:   start {over} {t:.4f} ms")
+            if t < best_t * 0.98:
+                best, best_t = cand, t
         for _ in range(args.passes):
-            for knob in ORDER:
-                for v in SPACE[knob]:
-                    if v == best[knob] or time.time() > deadline:
+            for knob in args.order:
+                for v in args.space[knob]:
+                    if v == best[knob] or time.time() > cell_deadline:
                         continue
                     cand = dict(best, **{knob: v})
                     t = measure(cand)
+                    mb.log(f"[{name}] M={M}:   {knob}={v} {t:.4f} ms")
                     if t < best_t * 0.98:
                         best, best_t = cand, t
-        mb.log(
-            f"[{name}] M={M}: {start_t:.4f} -> {best_t:.4f} ms  "
-            f"{ {k: best[k] for k in ORDER} }"
-        )
         tuned.setdefault(f"{name}|{E}|{N}|{K}", {})[M] = {
             "cfg": {k: best[k] for k in ORDER},
             "ms": best_t,

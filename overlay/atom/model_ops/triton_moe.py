@@ -958,7 +958,14 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
         2048: dict(_LARGE_M, block_m=64, bn1=64, w2=8, s1=3, s2=5),
     },
     # DeepSeek-V3 EP1 (E256, N2048).
+    # M=512 and 2048: benchmarks/tune_moe.py on the H100 (same run as the AITER
+    # peer): 4.144 vs 4.456 ms (heuristic; AITER best 4.299) at M=512, 4.863 vs
+    # 5.656 ms (AITER best 5.611) at M=2048.
     (_H100, 256, 2048, 7168): {
+        511: None,
+        512: {"block_m": 32, "bn1": 128, "bn2": 128, "quant_x": True, "quant_h": True},
+        2047: None,
+        2048: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=4, s1=4, s2=4),
         4096: None,
         1
         << 62: dict(
@@ -975,6 +982,11 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
     },
     # Mixtral 8x7B (E8, N14336, hidden 4096), per-tensor FP8.
     (_H100, 8, 14336, 4096): {
+        # tune_moe.py: GEMM2 split 4 instead of 8, 0.169 vs 0.181 ms (heuristic).
+        1: {"bn1": 64, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
+        7: None,
+        # tune_moe.py: 0.460 vs 0.476 ms (heuristic; AITER best 0.464).
+        8: {"bn1": 128, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
         127: None,
         128: {
             "block_m": 64,
@@ -985,9 +997,13 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
             "quant_h": True,
         },
         # A/B on the H100 (moe_bench harness): 0.800 vs 0.902 ms (heuristic) at
-        # M=512; 128-row blocks 2.461 vs 2.615 ms at M=2048, 9.12 vs 9.22 at 8192.
-        512: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=8, s1=3, s2=3),
-        1 << 62: dict(_LARGE_M, block_m=128, bn1=128, w1=8, w2=8, s1=3, s2=3),
+        # M=512; tune_moe.py: 4 stages 0.748 vs 0.798 ms (AITER best 0.732).
+        512: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=8, s1=4, s2=4),
+        # 128-row blocks; GEMM1's two 128x128 fp32 accumulators (gate, up) plus
+        # the per-K-step dot results need 16 warps to stay in registers:
+        # tune_moe.py 1.966 vs 2.461 ms at M=2048 (AITER best 1.899), 7.94 vs
+        # 9.01 ms at 8192 (AITER best 7.06).
+        1 << 62: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=3, s2=3),
     },
 }
 
