@@ -167,6 +167,7 @@ def apply(
         _check_clean(tree, current)
 
     staged: dict[str, str] = {}  # what earlier series of a dry run would have written
+    written: set[str] = set()  # paths this run changed, staged or on disk
 
     def read(path: str) -> str | None:
         return staged[path] if path in staged else tree.read(path)
@@ -174,7 +175,11 @@ def apply(
     results: list[SeriesResult] = []
     for index, series in enumerate(selected):
         progress(series)
-        plan = plan_series(series, read)
+        # the status plan still holds unless an earlier series of this run changed a file
+        if written.isdisjoint(series.files):
+            plan = current[series.number]
+        else:
+            plan = plan_series(series, read)
         if plan.conflicts:
             results.append(SeriesResult(series, "conflict", plan))
             results += [
@@ -183,6 +188,7 @@ def apply(
             ]
             break
         changes = plan.changes
+        written.update(changes)
         if not changes:
             results.append(SeriesResult(series, "already applied", plan))
             continue
