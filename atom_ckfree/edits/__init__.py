@@ -63,8 +63,8 @@ __all__ += [
     "MergeMapping",
     "ReplaceInstruction",
     "SetEntry",
+    "SetValue",
     "SwitchOn",
     "Unless",
-    "SetValue",
     "from_yaml",
 ]
