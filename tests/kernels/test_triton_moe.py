@@ -94,7 +94,15 @@ def _check_alignment(ids, block_m, E):
 
 @pytest.mark.parametrize(
     "M,C,E,block_m",
-    [(1, 1, 4, 16), (1, 9, 256, 16), (7, 2, 8, 16), (33, 8, 64, 32), (300, 4, 16, 64)],
+    [
+        (1, 1, 4, 16),
+        (1, 9, 256, 16),
+        (7, 2, 8, 16),
+        (32, 8, 256, 128),
+        (33, 8, 64, 32),
+        (300, 4, 16, 64),
+        (600, 8, 256, 64),
+    ],
 )
 def test_align_random(M, C, E, block_m):
     g = torch.Generator().manual_seed(M * 1000 + E)
@@ -214,8 +222,16 @@ def test_pipeline_scale_layouts(layout):
         {"quant_x": False, "quant_h": False, "reduce": "atomic", "split_k2": 2},
         {"quant_x": False, "quant_h": True, "split_k1": 2, "split_k2": 2},
         {"quant_x": True, "quant_h": False, "split_k1": 3, "reduce": "buffer"},
+        # Tiles narrow enough for one block scale each (scalar scale loads).
+        {"quant_h": True, "bn1": 32, "bn2": 64},
     ],
-    ids=["prequant-buffer", "inline-splitk", "splitk1-fp8h", "splitk1-bf16h"],
+    ids=[
+        "prequant-buffer",
+        "inline-splitk",
+        "splitk1-fp8h",
+        "splitk1-bf16h",
+        "scalar-block-scale",
+    ],
 )
 @pytest.mark.parametrize("mode", ["tensor", "block"])
 def test_pipeline_kernel_error_vs_emulating_reference(cfg, mode):

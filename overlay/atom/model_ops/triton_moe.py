@@ -182,14 +182,20 @@ def _align_count_scan_kernel(
     ids_ptr,
     ws_ptr,
     post_pad_ptr,
+    zero_ptr,
     numel,
     num_experts,
+    zero_numel,
     BLOCK_M: tl.constexpr,
     E_P2: tl.constexpr,
     CHUNK: tl.constexpr,
+    ZERO: tl.constexpr,
 ):
     # One program: histogram of expert ids, padded exclusive scan.
     # ws layout (int32): [0:E) start, [E:2E) end, [2E:3E) count, [3E:4E) cursor.
+    # ZERO: also zero a small int32 buffer (as _align_small_kernel does).
+    if ZERO:
+        _zero_range(zero_ptr, 0, zero_numel, zero_numel, CHUNK)
     er = tl.arange(0, E_P2)
     em = er < num_experts
     counts = tl.zeros([E_P2], dtype=tl.int32)
@@ -276,52 +282,58 @@ def _align_small_kernel(
     post_pad_ptr,
     zero_ptr,
     numel,
-    num_experts,
-    max_padded,
     max_blocks,
     zero_numel,
     BLOCK_M: tl.constexpr,
-    E_P2: tl.constexpr,
     N_P2: tl.constexpr,
+    NB_P2: tl.constexpr,
     CHUNK: tl.constexpr,
     ZERO: tl.constexpr,
 ):
-    # Whole alignment in one program for small numel (one launch instead of two):
-    # histogram + padded scan, then every entry's slot from its rank among the
-    # equal ids before it (pairwise compare, deterministic), every padding slot and
-    # block expert from the scan. Entries and padding slots are disjoint, so no
-    # barrier is needed between the stores. ZERO: also zero a small int32 buffer
-    # (the split-K GEMM1 tile counters).
+    # Whole alignment in one program for small numel (one launch instead of two),
+    # from pairwise comparisons of the N_P2 entries only, so its cost does not
+    # grow with the number of experts: an entry's rank among the equal ids before
+    # it, its expert's count, and its segment start = the padded lengths of the
+    # smaller experts present (counted once, at their first entry). The first
+    # entry of each expert also writes its segment's padding sentinels and block
+    # experts. Entries, padding slots and blocks are disjoint: no barrier needed.
+    # ZERO: also zero a small int32 buffer (the split-K GEMM1 tile counters).
     if ZERO:
         _zero_range(zero_ptr, 0, zero_numel, zero_numel, CHUNK)
-    er = tl.arange(0, E_P2)
     offs = tl.arange(0, N_P2)
     m = offs < numel
-    e = tl.load(ids_ptr + offs, mask=m, other=E_P2 - 1).to(tl.int32)
-    counts = _masked_histogram(e, m, E_P2)
-    padded, starts, ends = _padded_scan(counts, BLOCK_M)
-    total = tl.sum(padded, axis=0)
+    e = tl.load(ids_ptr + offs, mask=m, other=0).to(tl.int32)
+    same = (e[:, None] == e[None, :]) & m[None, :]
+    rank = tl.sum((same & (offs[None, :] < offs[:, None])).to(tl.int32), axis=1)
+    count = tl.sum(same.to(tl.int32), axis=1)
+    padded = (count + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    first = m & (rank == 0)
+    smaller = first[None, :] & (e[None, :] < e[:, None])
+    start = tl.sum(tl.where(smaller, padded[None, :], 0), axis=1)
+    total = tl.sum(tl.where(first, padded, 0), axis=0)
     tl.store(post_pad_ptr, total)
+    tl.store(sorted_ptr + start + rank, offs.to(tl.int32), mask=m)
 
-    # Slot of entry i: start of its expert + number of equal ids before it.
-    before = (e[:, None] == e[None, :]) & (offs[None, :] < offs[:, None])
-    rank = tl.sum(before.to(tl.int32), axis=1)
-    start_e = tl.sum(tl.where(er[None, :] < e[:, None], padded[None, :], 0), axis=1)
-    tl.store(sorted_ptr + start_e + rank, offs.to(tl.int32), mask=m)
-
-    # Padding slots and per-block experts.
-    for p0 in range(0, max_padded, CHUNK):
-        p = p0 + tl.arange(0, CHUNK)
-        owner = tl.sum((ends[None, :] <= p[:, None]).to(tl.int32), axis=1)
-        sel = er[None, :] == owner[:, None]
-        p_start = tl.sum(tl.where(sel, starts[None, :], 0), axis=1)
-        p_count = tl.sum(tl.where(sel, counts[None, :], 0), axis=1)
-        pad = (p < total) & (p < max_padded) & (p - p_start >= p_count)
-        tl.store(sorted_ptr + p, tl.zeros_like(p) + numel, mask=pad)
-        bp = p * BLOCK_M
-        b_owner = tl.sum((ends[None, :] <= bp[:, None]).to(tl.int32), axis=1)
-        b_owner = tl.where(bp < total, b_owner, -1)
-        tl.store(expert_ids_ptr + p, b_owner, mask=p < max_blocks)
+    lane = tl.arange(0, BLOCK_M)
+    pad_slot = count[:, None] + lane[None, :]
+    tl.store(
+        sorted_ptr + start[:, None] + pad_slot,
+        tl.zeros([N_P2, BLOCK_M], dtype=tl.int32) + numel,
+        mask=first[:, None] & (pad_slot < padded[:, None]),
+    )
+    blk = tl.arange(0, NB_P2)
+    tl.store(
+        expert_ids_ptr + start[:, None] // BLOCK_M + blk[None, :],
+        tl.zeros([N_P2, NB_P2], dtype=tl.int32) + e[:, None],
+        mask=first[:, None] & (blk[None, :] < padded[:, None] // BLOCK_M),
+    )
+    for b0 in range(total // BLOCK_M, max_blocks, CHUNK):
+        b = b0 + tl.arange(0, CHUNK)
+        tl.store(
+            expert_ids_ptr + b,
+            tl.zeros([CHUNK], dtype=tl.int32) - 1,
+            mask=b < max_blocks,
+        )
 
 
 class MoeAlignment(NamedTuple):
@@ -348,11 +360,11 @@ def _max_padded(numel: int, num_experts: int, block_m: int) -> int:
     )
 
 
-# One-program alignment up to this many entries and experts (H100: 4.9 us for
-# E=8 against ~9 us for the two launches; with E=256 its [chunk, E] scans made it
-# slower than the two launches, 18 us at M=1).
-_ALIGN_SMALL_NUMEL = 256
-_ALIGN_SMALL_EXPERTS = 64
+# One-program alignment up to this many entries: its pairwise comparisons grow
+# with numel squared, not with the number of experts (H100, E=256: 4.4 us less
+# than the two launches at numel 8; at numel 256 its [256, 256] tiles spill and
+# it cost 0.25 ms more).
+_ALIGN_SMALL_NUMEL = 64
 
 
 def moe_align_block_size(
@@ -363,8 +375,7 @@ def moe_align_block_size(
 ) -> MoeAlignment:
     """Group (token, column) entries by expert, padded to ``block_m``, on the device.
 
-    Small problems (``numel <= 256``, ``num_experts <= 64``): one Triton program
-    does everything
+    Small problems (``numel <= 64``): one Triton program does everything
     (entries ordered by their position inside each expert's segment). Otherwise
     two launches (histogram + scan in one program, then a scatter that also
     writes the padding sentinels and per-block expert ids; the order inside a
@@ -389,10 +400,8 @@ def moe_align_block_size(
     sorted_ids = torch.empty(max(max_padded, 1), dtype=torch.int32, device=dev)
     expert_ids = torch.empty(max(max_blocks, 1), dtype=torch.int32, device=dev)
     post_pad = torch.empty(1, dtype=torch.int32, device=dev)
-    ws = torch.empty(4 * num_experts, dtype=torch.int32, device=dev)
-    e_p2 = triton.next_power_of_2(num_experts)
     zero = zero_buf if zero_buf is not None else post_pad
-    if numel <= _ALIGN_SMALL_NUMEL and num_experts <= _ALIGN_SMALL_EXPERTS:
+    if numel <= _ALIGN_SMALL_NUMEL:
         n_p2 = max(16, triton.next_power_of_2(max(numel, 1)))
         _align_small_kernel[(1,)](
             ids,
@@ -401,23 +410,32 @@ def moe_align_block_size(
             post_pad,
             zero,
             numel,
-            num_experts,
-            max_padded,
             max_blocks,
             0 if zero_buf is None else zero_buf.numel(),
             BLOCK_M=block_m,
-            E_P2=e_p2,
             N_P2=n_p2,
-            CHUNK=max(16, min(128, 16384 // e_p2)),
+            NB_P2=triton.next_power_of_2(triton.cdiv(n_p2, block_m)),
+            CHUNK=128,
             ZERO=zero_buf is not None,
             num_warps=8,
         )
         return MoeAlignment(sorted_ids, expert_ids, post_pad, block_m)
-    if zero_buf is not None:
-        zero_buf.zero_()
-    chunk = 1024 if numel > 256 else max(16, triton.next_power_of_2(max(numel, 1)))
+    ws = torch.empty(4 * num_experts, dtype=torch.int32, device=dev)
+    e_p2 = triton.next_power_of_2(num_experts)
+    chunk = min(4096, triton.next_power_of_2(numel))
     _align_count_scan_kernel[(1,)](
-        ids, ws, post_pad, numel, num_experts, BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk
+        ids,
+        ws,
+        post_pad,
+        zero,
+        numel,
+        num_experts,
+        0 if zero_buf is None else zero_buf.numel(),
+        BLOCK_M=block_m,
+        E_P2=e_p2,
+        CHUNK=chunk,
+        ZERO=zero_buf is not None,
+        num_warps=16 if chunk == 4096 else 4,
     )
     block = 256
     grid = (max(triton.cdiv(max(max_padded, numel), block), 1),)
@@ -603,11 +621,38 @@ def _dot_fp8(a, b, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _scale_acc(acc, p, a_s, ws_n_ptrs, ws_k_off, n_ok, W_SCALE: tl.constexpr):
-    # acc += p * activation scales (* the block scales of this K step).
+def _block_scale_ptrs(
+    ws_base, n_idx, n0, stride_wsn, SBN: tl.constexpr, SCALAR: tl.constexpr
+):
+    # Block-scale pointers of a tile's columns (n_idx, first column n0): one
+    # scalar pointer when the whole tile lies inside one scale block.
+    if SCALAR:
+        ptrs = ws_base + (n0 // SBN) * stride_wsn
+    else:
+        ptrs = ws_base + (n_idx // SBN) * stride_wsn
+    return ptrs
+
+
+@triton.jit
+def _scale_acc(
+    acc,
+    p,
+    a_s,
+    ws_n_ptrs,
+    ws_k_off,
+    n_ok,
+    W_SCALE: tl.constexpr,
+    SCALAR_BS: tl.constexpr,
+):
+    # acc += p * activation scales (* the block scales of this K step). With
+    # SCALAR_BS the block scale is one number for the tile: a per-row scale
+    # (BLOCK_M products) instead of a BLOCK_M x BLOCK_N outer product per step.
     if W_SCALE == 2:
-        bs = tl.load(ws_n_ptrs + ws_k_off, mask=n_ok)
-        acc += p * (a_s[:, None] * bs[None, :])
+        if SCALAR_BS:
+            acc += p * (a_s * tl.load(ws_n_ptrs + ws_k_off))[:, None]
+        else:
+            bs = tl.load(ws_n_ptrs + ws_k_off, mask=n_ok)
+            acc += p * (a_s[:, None] * bs[None, :])
     else:
         acc += p * a_s[:, None]
     return acc
@@ -667,6 +712,7 @@ def _moe_gemm1_kernel(
     W_SCALE: tl.constexpr,
     SBN: tl.constexpr,
     SBK: tl.constexpr,
+    SCALAR_BS: tl.constexpr,
     OUT_QUANT: tl.constexpr,
     ZERO_OUT: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -717,8 +763,9 @@ def _moe_gemm1_kernel(
     wg_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
     wu_ptrs = wg_ptrs + N * stride_wn
     ws_base = w_scale_ptr + expert * stride_wse
-    wsg_n = ws_base + (offs_n // SBN) * stride_wsn
-    wsu_n = ws_base + ((offs_n + N) // SBN) * stride_wsn
+    n0 = pid_n * BLOCK_N
+    wsg_n = _block_scale_ptrs(ws_base, offs_n, n0, stride_wsn, SBN, SCALAR_BS)
+    wsu_n = _block_scale_ptrs(ws_base, offs_n + N, n0 + N, stride_wsn, SBN, SCALAR_BS)
     fp8 = w_ptr.dtype.element_ty
 
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -744,8 +791,8 @@ def _moe_gemm1_kernel(
         g = _dot_fp8(a, bg, UPCAST)
         u = _dot_fp8(a, bu, UPCAST)
         ks = (k0 // SBK) * stride_wsk
-        acc_g = _scale_acc(acc_g, g, a_s, wsg_n, ks, n_ok, W_SCALE)
-        acc_u = _scale_acc(acc_u, u, a_s, wsu_n, ks, n_ok, W_SCALE)
+        acc_g = _scale_acc(acc_g, g, a_s, wsg_n, ks, n_ok, W_SCALE, SCALAR_BS)
+        acc_u = _scale_acc(acc_u, u, a_s, wsu_n, ks, n_ok, W_SCALE, SCALAR_BS)
         a_ptrs += BLOCK_K * stride_ak
         wg_ptrs += BLOCK_K * stride_wk
         wu_ptrs += BLOCK_K * stride_wk
@@ -827,6 +874,7 @@ def _moe_gemm2_kernel(
     W_SCALE: tl.constexpr,
     SBN: tl.constexpr,
     SBK: tl.constexpr,
+    SCALAR_BS: tl.constexpr,
     REDUCE: tl.constexpr,
     UPCAST: tl.constexpr,
     FP8_MAX: tl.constexpr,
@@ -857,7 +905,9 @@ def _moe_gemm2_kernel(
     w_base = w_ptr + expert * stride_we
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
     ws_base = w_scale_ptr + expert * stride_wse
-    ws_n = ws_base + (offs_n // SBN) * stride_wsn
+    ws_n = _block_scale_ptrs(
+        ws_base, offs_n, pid_n * BLOCK_N, stride_wsn, SBN, SCALAR_BS
+    )
     fp8 = w_ptr.dtype.element_ty
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -877,7 +927,9 @@ def _moe_gemm2_kernel(
         )
         b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         p = _dot_fp8(a, b, UPCAST)
-        acc = _scale_acc(acc, p, a_s, ws_n, (k0 // SBK) * stride_wsk, n_ok, W_SCALE)
+        acc = _scale_acc(
+            acc, p, a_s, ws_n, (k0 // SBK) * stride_wsk, n_ok, W_SCALE, SCALAR_BS
+        )
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wk
 
@@ -903,6 +955,32 @@ def _moe_gemm2_kernel(
         tl.store(
             o_ptrs, _cast_out(acc, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
         )
+
+
+@triton.jit
+def _topk_sum_kernel(
+    buf_ptr,
+    out_ptr,
+    K,
+    num_cols,
+    C_P2: tl.constexpr,
+    BLOCK: tl.constexpr,
+    EXACT_ROUND: tl.constexpr,
+):
+    # Buffer reduction's second pass: out[t] = sum_c buf[t * num_cols + c], summed
+    # in float32 and cast once (one read of the buffer, one write of the output).
+    tok = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    c = tl.arange(0, C_P2)
+    mask = (c[:, None] < num_cols) & (cols[None, :] < K)
+    rows = tok * num_cols + c
+    part = tl.load(buf_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
+    total = tl.sum(part.to(tl.float32), axis=0)
+    tl.store(
+        out_ptr + tok * K + cols,
+        _cast_out(total, out_ptr.dtype.element_ty, EXACT_ROUND),
+        mask=cols < K,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -949,13 +1027,24 @@ _BASE = {
 # kept only where the sweep beat the heuristic by more than its noise.
 _H100 = "NVIDIA H100 80GB HBM3"
 _LARGE_M = {"bn2": 128, "group_m": 8, "quant_x": True, "quant_h": True}
+# Block-FP8 shapes from ~64 rows per expert up: 128x128 GEMM1 tiles, the top-k
+# sum through the buffer. tune_moe.py on the H100, first from starts (16 warps as
+# Mixtral below): DSV3-EP1 M=8192 9.87 vs 13.52 ms (earlier entry), Qwen3 M=2048
+# 0.471 vs 0.507 and M=8192 1.342 vs 1.592 ms (heuristic), DSV3-TP8 M=2048 1.036
+# vs 1.103 and M=8192 2.531 vs 2.591 ms; then one descent pass at M=8192: 8 warps
+# (TP8 2.250, Qwen3 1.258, EP1 9.008 ms vs 2.352, 1.278, 9.786), 64-wide GEMM2
+# tiles (2.275 vs 2.360, 1.256 vs 1.278 ms; EP1 even), GEMM2 4 stages (2.291 vs
+# 2.361; EP1 9.516 vs 10.009 ms, 5 stages 9.276 but 2.867 for TP8).
+_LARGE_BLOCK_FP8 = dict(
+    _LARGE_M, block_m=128, bn1=128, w1=8, bn2=64, w2=8, s1=3, s2=4, reduce="buffer"
+)
 MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
     # DeepSeek-V3 TP8 (E256, N256, hidden 7168), block FP8.
     (_H100, 256, 256, 7168): {
         7: None,
         8: {"bn1": 32, "bn2": 128, "quant_x": True, "s1": 3, "s2": 2},
         2047: None,
-        2048: dict(_LARGE_M, block_m=64, bn1=64, w2=8, s1=3, s2=5),
+        1 << 62: _LARGE_BLOCK_FP8,
     },
     # DeepSeek-V3 EP1 (E256, N2048).
     # M=512 and 2048: benchmarks/tune_moe.py on the H100 (same run as the AITER
@@ -967,19 +1056,10 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
         2047: None,
         2048: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=4, s1=4, s2=4),
         4096: None,
-        1
-        << 62: dict(
-            _LARGE_M,
-            block_m=64,
-            bn1=64,
-            bn2=256,
-            w2=8,
-            s1=3,
-            s2=3,
-            group_m=1,
-            reduce="buffer",
-        ),
+        1 << 62: _LARGE_BLOCK_FP8,
     },
+    # Qwen3-30B-A3B (E128, N768, hidden 2048), block FP8.
+    (_H100, 128, 768, 2048): {2047: None, 1 << 62: _LARGE_BLOCK_FP8},
     # Mixtral 8x7B (E8, N14336, hidden 4096), per-tensor FP8.
     (_H100, 8, 14336, 4096): {
         # tune_moe.py: GEMM2 split 4 instead of 8, 0.169 vs 0.181 ms (heuristic).
@@ -1223,6 +1303,13 @@ def _split_k(k: int, split: int, bk: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------
 # Stage wrappers
 # --------------------------------------------------------------------------------------
+def _scalar_block_scale(cfg: dict, block_n: int, n: int) -> bool:
+    """Whether every ``block_n``-wide column tile of an ``n``-wide output lies
+    inside one ``sbn``-wide weight-scale block (tiles start at multiples of
+    ``block_n``; the up half of GEMM1 starts at ``n``)."""
+    return cfg.get("sbn", 1) % block_n == 0 and n % block_n == 0
+
+
 def _reduce_plan(cfg: dict, num_cols: int) -> tuple[int, int]:
     """(top-k reduction strategy, GEMM2 split-K) for a configuration."""
     reduce = _REDUCE_ATOMIC if cfg["reduce"] == "atomic" else _REDUCE_BUFFER
@@ -1321,6 +1408,7 @@ def moe_gemm1_silu(
         W_SCALE=w13_scale.mode,
         SBN=cfg.get("sbn", 1),
         SBK=cfg.get("sbk", 1),
+        SCALAR_BS=_scalar_block_scale(cfg, bn, N),
         OUT_QUANT=quant_out,
         ZERO_OUT=zero_out is not None,
         **_fp8_meta(w13.dtype, x.device),
@@ -1410,6 +1498,7 @@ def moe_gemm2_reduce(
         W_SCALE=w2_scale.mode,
         SBN=cfg.get("sbn", 1),
         SBK=cfg.get("sbk", 1),
+        SCALAR_BS=_scalar_block_scale(cfg, bn, K),
         REDUCE=reduce,
         **_fp8_meta(w2.dtype, dev),
         BLOCK_M=bm,
@@ -1422,11 +1511,18 @@ def moe_gemm2_reduce(
     if reduce == _REDUCE_ATOMIC:
         return out.to(out_dtype)
     if reduce == _REDUCE_BUFFER:
-        return (
-            out.view(num_tokens, num_cols, K)
-            .sum(dim=1, dtype=torch.float32)
-            .to(out_dtype)
+        summed = torch.empty((num_tokens, K), dtype=out_dtype, device=dev)
+        block = min(1024, triton.next_power_of_2(K))
+        _topk_sum_kernel[(num_tokens, triton.cdiv(K, block))](
+            out,
+            summed,
+            K,
+            num_cols,
+            C_P2=triton.next_power_of_2(num_cols),
+            BLOCK=block,
+            EXACT_ROUND=_interpreting(),
         )
+        return summed
     return out
 
 
