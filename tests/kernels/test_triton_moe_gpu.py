@@ -116,6 +116,19 @@ def test_kernel_error_vs_emulating_reference(tm, name, cfg, M):
     assert rel_err(out, ref) < KERNEL_TOL
 
 
+def test_split_k_partials_past_int32_offsets(tm):
+    # Mixtral at M=8192 with 8 GEMM1 splits: the fp32 partial buffer holds more
+    # than 2**31 elements (split offsets once overflowed int32: illegal address).
+    x, w13, w2, tw, ti, s13, s2, bs = _problem("mixtral", 8192)
+    cfg = dict(tm.get_moe_config("", 8, 14336, 4096, 8192), split_k1=8)
+    out = tm.fused_moe_fp8(
+        x, w13, w2, tw, ti, w13_scale=s13, w2_scale=s2, block_shape=bs, config=cfg
+    )
+    torch.cuda.synchronize()
+    ref = moe_reference(x, w13, w2, tw, ti, s13, s2, bs)
+    assert rel_err(out, ref) < FULL_TOL
+
+
 def test_graph_capture_and_poisoned_output(tm):
     x, w13, w2, tw, ti, s13, s2, bs = _problem("dsv3-tp8", 7)
 

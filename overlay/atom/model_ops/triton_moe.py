@@ -802,8 +802,10 @@ def _moe_gemm1_kernel(
         # Partials: [SPLIT, rows, 2N] fp32, gate in [0, N), up in [N, 2N).
         p_ptrs = part_ptr + rows64[:, None] * (2 * N) + offs_n[None, :]
         pmask = n_ok[None, :] & (offs_m[:, None] >= 0)
-        tl.store(p_ptrs + pid_k * stride_ps, acc_g, mask=pmask)
-        tl.store(p_ptrs + pid_k * stride_ps + N, acc_u, mask=pmask)
+        # int64: SPLIT * stride_ps can pass 2**31 (Mixtral, M=8192, 8 splits).
+        own = p_ptrs + pid_k.to(tl.int64) * stride_ps
+        tl.store(own, acc_g, mask=pmask)
+        tl.store(own + N, acc_u, mask=pmask)
         tl.debug_barrier()
         tile = pid_m * num_pid_n + pid_n
         arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
@@ -812,13 +814,10 @@ def _moe_gemm1_kernel(
         tl.debug_barrier()
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for sk in tl.static_range(SPLIT):
-            acc_g += tl.load(
-                p_ptrs + sk * stride_ps, mask=pmask, other=0.0, cache_modifier=".cg"
-            )
-            acc_u += tl.load(
-                p_ptrs + sk * stride_ps + N, mask=pmask, other=0.0, cache_modifier=".cg"
-            )
+        for _ in tl.static_range(SPLIT):
+            acc_g += tl.load(p_ptrs, mask=pmask, other=0.0, cache_modifier=".cg")
+            acc_u += tl.load(p_ptrs + N, mask=pmask, other=0.0, cache_modifier=".cg")
+            p_ptrs += stride_ps
         tl.store(cnt_ptr + tile, 0)  # leave the counter zeroed
 
     acc_g = _out_scale(acc_g, ws_base, offs_n, n_ok, stride_wsn, W_SCALE)
@@ -1051,6 +1050,8 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
     # peer): 4.144 vs 4.456 ms (heuristic; AITER best 4.299) at M=512, 4.863 vs
     # 5.656 ms (AITER best 5.611) at M=2048.
     (_H100, 256, 2048, 7168): {
+        # tune_moe.py: 64-wide GEMM2 tiles, 3 stages: 0.144 vs 0.156 ms (heuristic).
+        1: {"bn1": 32, "bn2": 64, "s2": 3, "quant_x": True, "quant_h": False},
         511: None,
         512: {"block_m": 32, "bn1": 128, "bn2": 128, "quant_x": True, "quant_h": True},
         2047: None,
@@ -1063,7 +1064,8 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
     # Mixtral 8x7B (E8, N14336, hidden 4096), per-tensor FP8.
     (_H100, 8, 14336, 4096): {
         # tune_moe.py: GEMM2 split 4 instead of 8, 0.169 vs 0.181 ms (heuristic).
-        1: {"bn1": 64, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
+        # then 128-wide GEMM1 tiles: 0.154 vs 0.170 ms (AITER best 0.187).
+        1: {"bn1": 128, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
         7: None,
         # tune_moe.py: 0.460 vs 0.476 ms (heuristic; AITER best 0.464).
         8: {"bn1": 128, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
@@ -1079,6 +1081,8 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
         # A/B on the H100 (moe_bench harness): 0.800 vs 0.902 ms (heuristic) at
         # M=512; tune_moe.py: 4 stages 0.748 vs 0.798 ms (AITER best 0.732).
         512: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=8, s1=4, s2=4),
+        # tune_moe.py: GEMM2 split 2, 2.056 vs 2.137 ms (AITER best 1.942).
+        2048: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=3, s2=3, split_k2=2),
         # 128-row blocks; GEMM1's two 128x128 fp32 accumulators (gate, up) plus
         # the per-K-step dot results need 16 warps to stay in registers:
         # tune_moe.py 1.966 vs 2.461 ms at M=2048 (AITER best 1.899), 7.94 vs
