@@ -48,6 +48,7 @@ SPACE = {
     "group_m": [1, 8],
     "quant_x": [False, True],
     "quant_h": [False, True],
+    "x_per_token": [False, True],
     "reduce": ["atomic", "buffer"],
 }
 ORDER = [
@@ -62,6 +63,7 @@ ORDER = [
     "s2",
     "quant_x",
     "quant_h",
+    "x_per_token",
     "reduce",
     "group_m",
     "bk1",

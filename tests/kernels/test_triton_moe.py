@@ -244,13 +244,32 @@ def test_pipeline_kernel_error_vs_emulating_reference(cfg, mode):
     full = dict(tm._INTERPRETER_CONFIG, **cfg)
     out = _run(prob, config=full)
     bk = min(full["bk1"], 64) if mode == "block" else full["bk1"]
-    x_group = 128 if full["quant_x"] else bk
+    x_group = bk
+    if full["quant_x"]:
+        x_group = 128 if mode == "block" else 256  # per-token scales: K = 256
     bk2 = min(full["bk2"], 64) if mode == "block" else full["bk2"]
     h_group = full["bn1"] if full["quant_h"] else bk2
     h_dtype = None if full["quant_h"] else torch.bfloat16
     ref = _ref(prob, x_group=x_group, h_group=h_group, h_dtype=h_dtype)
     assert rel_err(out, ref) < KERNEL_TOL
     assert rel_err(out, _ref(prob)) < FULL_TOL
+
+
+@pytest.mark.parametrize("mode", ["tensor", "channel", "block"])
+def test_per_token_x_scales(mode):
+    # x_per_token: one x scale per token (chained GEMM1 products) with per-tensor
+    # or per-channel weights; block scales keep their 128-column groups.
+    prob = make_problem(
+        12, 256, 128, 4, 2, scale_mode=mode, block_shape=(64, 64), seed=8
+    )
+    cfg = dict(tm._INTERPRETER_CONFIG, quant_x=True, quant_h=True, x_per_token=True)
+    out = _run(prob, config=cfg)
+    x_group = 128 if mode == "block" else 256
+    ref = _ref(prob, x_group=x_group, h_group=cfg["bn1"])
+    assert rel_err(out, ref) < KERNEL_TOL
+    assert rel_err(out, _ref(prob)) < FULL_TOL
+    if mode != "block":  # per-token scales: measurably not the 128-group result
+        assert rel_err(out, _ref(prob, x_group=128, h_group=cfg["bn1"])) > 1e-3
 
 
 def test_m_equals_one():

@@ -97,7 +97,10 @@ def test_kernel_error_vs_emulating_reference(tm, name, cfg, M):
     out = tm.fused_moe_fp8(
         x, w13, w2, tw, ti, w13_scale=s13, w2_scale=s2, block_shape=bs, config=full
     )
-    x_group = 128 if full["quant_x"] else min(full["bk1"], 128)
+    x_group = min(full["bk1"], 128)
+    if full["quant_x"]:  # per-token x scales unless the weights have block scales
+        per_token = full["x_per_token"] and SHAPES[name][4] != "block"
+        x_group = x.shape[1] if per_token else 128
     h_group = full["bn1"] if full["quant_h"] else full["bk2"]
     h_dtype = None if full["quant_h"] else x.dtype
     ref = moe_reference(
