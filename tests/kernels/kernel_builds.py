@@ -1,0 +1,230 @@
+"""Builds of the Triton MoE kernels for Hopper (sm_90), without a GPU.
+
+Run as a script (``python kernel_builds.py``): compiles every variant of BUILDS
+with Triton's own toolchain (bundled ptxas) for an sm_90 target and prints a JSON
+object ``{variant: null or the error}``. It runs in a process of its own because
+the Triton interpreter, once used in a process (the CPU tests), leaves
+``triton.language`` patched and real compilation there fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+FP8 = {"FP8_MAX": 448.0, "FP8_TINY": 2.0**-6, "EXACT_ROUND": False}
+GEMM = {**FP8, "UPCAST": False, "SBN": 128, "SBK": 128, "BLOCK_K": 128}
+# Pointer element types by argument name (the rest: float32).
+GEMM_PTRS = {
+    "a_ptr": "fp8e4nv",
+    "w_ptr": "fp8e4nv",
+    "out_ptr": "fp8e4nv",
+    "sorted_ptr": "i32",
+    "expert_ids_ptr": "i32",
+    "post_pad_ptr": "i32",
+    "cnt_ptr": "i32",
+}
+INT_PTRS = {
+    "ids_ptr": "i32",
+    "ws_ptr": "i32",
+    "post_pad_ptr": "i32",
+    "sorted_ptr": "i32",
+    "expert_ids_ptr": "i32",
+    "zero_ptr": "i32",
+}
+
+# variant: (kernel, constexprs, pointer types, num_warps)
+BUILDS = {
+    # Block scales, FP8 x per 128 columns, one scale block per tile, FP8 output.
+    "gemm1-block-scalar-scale": (
+        "_moe_gemm1_kernel",
+        {
+            **GEMM,
+            "A_QUANT": False,
+            "A_GROUP": 128,
+            "A_ROW": False,
+            "W_SCALE": 2,
+            "SCALAR_BS": True,
+            "OUT_QUANT": True,
+            "ZERO_OUT": True,
+            "BLOCK_M": 64,
+            "BLOCK_N": 64,
+            "GROUP_M": 8,
+            "SPLIT": 1,
+        },
+        GEMM_PTRS,
+        4,
+    ),
+    # Small M: x quantised in the prologue, split K, bf16 output.
+    "gemm1-split-k-prologue-quant": (
+        "_moe_gemm1_kernel",
+        {
+            **GEMM,
+            "A_QUANT": True,
+            "A_GROUP": 128,
+            "A_ROW": False,
+            "W_SCALE": 2,
+            "SCALAR_BS": False,
+            "OUT_QUANT": False,
+            "ZERO_OUT": False,
+            "BLOCK_M": 16,
+            "BLOCK_N": 32,
+            "GROUP_M": 1,
+            "SPLIT": 4,
+        },
+        {**GEMM_PTRS, "out_ptr": "bf16"},
+        4,
+    ),
+    # Per-tensor weights, one x scale per token: chained products.
+    "gemm1-per-token-chained": (
+        "_moe_gemm1_kernel",
+        {
+            **GEMM,
+            "A_QUANT": False,
+            "A_GROUP": 4096,
+            "A_ROW": True,
+            "W_SCALE": 0,
+            "SCALAR_BS": False,
+            "OUT_QUANT": True,
+            "ZERO_OUT": True,
+            "BLOCK_M": 128,
+            "BLOCK_N": 128,
+            "GROUP_M": 8,
+            "SPLIT": 1,
+        },
+        GEMM_PTRS,
+        8,
+    ),
+    "gemm2-block-atomic": (
+        "_moe_gemm2_kernel",
+        {
+            **GEMM,
+            "A_QUANT": False,
+            "A_GROUP": 128,
+            "W_SCALE": 2,
+            "SCALAR_BS": True,
+            "REDUCE": 0,
+            "BLOCK_M": 64,
+            "BLOCK_N": 128,
+            "GROUP_M": 8,
+        },
+        {**GEMM_PTRS, "out_ptr": "fp32"},
+        4,
+    ),
+    "gemm2-tensor-buffer": (
+        "_moe_gemm2_kernel",
+        {
+            **GEMM,
+            "A_QUANT": False,
+            "A_GROUP": 128,
+            "W_SCALE": 0,
+            "SCALAR_BS": False,
+            "REDUCE": 1,
+            "BLOCK_M": 64,
+            "BLOCK_N": 256,
+            "GROUP_M": 8,
+        },
+        {**GEMM_PTRS, "out_ptr": "bf16"},
+        8,
+    ),
+    "gemm2-channel-direct-prologue-quant": (
+        "_moe_gemm2_kernel",
+        {
+            **GEMM,
+            "A_QUANT": True,
+            "A_GROUP": 128,
+            "W_SCALE": 1,
+            "SCALAR_BS": False,
+            "REDUCE": 2,
+            "BLOCK_M": 16,
+            "BLOCK_N": 128,
+            "GROUP_M": 4,
+        },
+        {**GEMM_PTRS, "a_ptr": "bf16", "out_ptr": "bf16"},
+        4,
+    ),
+    "align-small": (
+        "_align_small_kernel",
+        {"BLOCK_M": 16, "N_P2": 64, "NB_P2": 4, "CHUNK": 128, "ZERO": True},
+        INT_PTRS,
+        8,
+    ),
+    "align-count-scan": (
+        "_align_count_scan_kernel",
+        {"BLOCK_M": 64, "E_P2": 256, "CHUNK": 4096, "ZERO": True},
+        INT_PTRS,
+        16,
+    ),
+    "align-scatter": (
+        "_align_scatter_kernel",
+        {"BLOCK_M": 64, "BLOCK": 256, "LOG2_STEPS": 9},
+        INT_PTRS,
+        4,
+    ),
+    "group-quant": (
+        "_group_quant_kernel",
+        {**FP8, "GROUP": 128, "GROUP_P2": 128, "ROWS": 32},
+        {"x_ptr": "bf16", "q_ptr": "fp8e4nv"},
+        4,
+    ),
+    "topk-sum": (
+        "_topk_sum_kernel",
+        {"C_P2": 8, "BLOCK": 1024, "EXACT_ROUND": False},
+        {"buf_ptr": "bf16", "out_ptr": "bf16"},
+        4,
+    ),
+}
+
+
+def build(kernel, constexprs, pointer_types, num_warps):
+    """Compile ``kernel`` for sm_90 with ``constexprs``; the other arguments are
+    int32 scalars or pointers (``*_ptr``) of ``pointer_types[name]`` (float32)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    missing = [
+        p.name for p in kernel.params if p.is_constexpr and p.name not in constexprs
+    ]
+    if missing:
+        raise TypeError(f"constexprs not given: {missing}")
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + pointer_types.get(name, "fp32")
+        else:
+            signature[name] = "i32"
+    src = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
+    )
+    triton.compile(
+        src,
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": num_warps, "num_stages": 3},
+    )
+
+
+def main() -> int:
+    os.environ["TRITON_INTERPRET"] = "0"
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from moe_reference import load_triton_moe
+
+    tm = load_triton_moe("atom_ckfree_triton_moe_compiled", interpret=False)
+    errors = {}
+    for variant, (name, constexprs, pointer_types, warps) in BUILDS.items():
+        try:
+            build(getattr(tm, name), constexprs, pointer_types, warps)
+            errors[variant] = None
+        except Exception as exc:  # noqa: BLE001 - reported per variant
+            errors[variant] = f"{type(exc).__name__}: {exc}"[-3000:]
+    print(json.dumps(errors))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
