@@ -402,7 +402,9 @@ def moe_align_block_size(
     sorted_ids = torch.empty(max(max_padded, 1), dtype=torch.int32, device=dev)
     expert_ids = torch.empty(max(max_blocks, 1), dtype=torch.int32, device=dev)
     post_pad = torch.empty(1, dtype=torch.int32, device=dev)
-    zero = zero_buf if zero_buf is not None else post_pad
+    zero, zero_numel = (
+        (post_pad, 0) if zero_buf is None else (zero_buf, zero_buf.numel())
+    )
     if numel <= _ALIGN_SMALL_NUMEL:
         n_p2 = max(16, triton.next_power_of_2(max(numel, 1)))
         _align_small_kernel[(1,)](
@@ -413,7 +415,7 @@ def moe_align_block_size(
             zero,
             numel,
             max_blocks,
-            0 if zero_buf is None else zero_buf.numel(),
+            zero_numel,
             BLOCK_M=block_m,
             N_P2=n_p2,
             NB_P2=triton.next_power_of_2(triton.cdiv(n_p2, block_m)),
@@ -432,7 +434,7 @@ def moe_align_block_size(
         zero,
         numel,
         num_experts,
-        0 if zero_buf is None else zero_buf.numel(),
+        zero_numel,
         BLOCK_M=block_m,
         E_P2=e_p2,
         CHUNK=chunk,
@@ -1362,9 +1364,9 @@ def moe_gemm1_silu(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """GEMM1 over the aligned rows: ``silu(x W_gate^T) * (x W_up^T)``.
 
-    ``x`` is either FP8 with per-(token, ``cfg["x_group"]``) scales ``x_scale``
-    (128 by default; ``K``: one scale per token) or bf16/fp16 (``x_scale=None``:
-    quantised per (token, ``bk1``) group in the prologue).
+    ``x`` is either FP8 with ``x_scale [M, K / group]`` per (token, group)
+    scales (a single column: one scale per token) or bf16/fp16
+    (``x_scale=None``: quantised per (token, ``bk1``) group in the prologue).
     Returns the intermediate in aligned (sorted) row order, ``[max_padded, N]``,
     either FP8 with ``[max_padded, N / bn1]`` scales (``quant_out``) or in
     ``act_dtype`` with ``None``. ``zero_out`` (float32, contiguous) is zeroed by
@@ -1387,7 +1389,7 @@ def moe_gemm1_silu(
         out_s = out  # unused
     a_quant = x_scale is None
     a_s = x if a_quant else x_scale
-    x_group = cfg.get("x_group", 128)
+    x_group = bk if a_quant else K // x_scale.shape[1]
     num_pid_m = rows // bm
     num_pid_n = triton.cdiv(N, bn)
     k_per_split, split = _split_k(K, int(cfg.get("split_k1", 1)), bk)
@@ -1687,8 +1689,7 @@ def fused_moe_fp8(
         cfg["bk2"] = min(cfg["bk2"], cfg["bn1"])
     cfg["h_group"] = cfg["bn1"]
     # Per-token x scales only without block scales (those need K-step scaling).
-    per_token = cfg.get("x_per_token", False) and block_shape is None
-    cfg["x_group"] = K if per_token else 128
+    x_group = K if cfg["x_per_token"] and block_shape is None else 128
 
     x = hidden_states
     if x.stride(1) != 1:
@@ -1705,8 +1706,8 @@ def fused_moe_fp8(
     align = moe_align_block_size(topk_ids, cfg["block_m"], E, zero_buf=counters)
     if _stop_after == "align":
         return align
-    if cfg["quant_x"] and K % cfg["x_group"] == 0:
-        xq, xs = per_token_group_quant_fp8(x, cfg["x_group"], w13.dtype)
+    if cfg["quant_x"] and K % x_group == 0:
+        xq, xs = per_token_group_quant_fp8(x, x_group, w13.dtype)
     else:
         xq, xs = x, None
     acc = None
