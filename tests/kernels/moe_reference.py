@@ -130,6 +130,22 @@ def moe_reference(
     return out
 
 
+def emulated_quantisation(cfg, K, block_shape, act_dtype):
+    """moe_reference keywords that quantise the activations as the pipeline does
+    under launch configuration ``cfg`` (hidden size ``K``): x per token or per
+    128 columns (separate pass) or per GEMM1 K step (prologue), the intermediate
+    per GEMM1 column tile (FP8) or in ``act_dtype`` per GEMM2 K step."""
+    sbk = block_shape[1] if block_shape is not None else K
+    bk1 = min(cfg["bk1"], sbk, 128)
+    x_group = bk1
+    if cfg["quant_x"]:
+        group = K if cfg["x_per_token"] and block_shape is None else 128
+        x_group = group if K % group == 0 else bk1
+    if cfg["quant_h"]:
+        return {"x_group": x_group, "h_group": cfg["bn1"]}
+    return {"x_group": x_group, "h_group": min(cfg["bk2"], sbk), "h_dtype": act_dtype}
+
+
 def rel_err(out, ref):
     return ((out.to(torch.float64) - ref).norm() / ref.norm()).item()
 

@@ -30,6 +30,7 @@ import torch
 
 try:  # tests/ is a package in this repository; also runnable as loose files
     from .moe_reference import (
+        emulated_quantisation,
         load_triton_moe,
         make_problem,
         moe_reference,
@@ -38,6 +39,7 @@ try:  # tests/ is a package in this repository; also runnable as loose files
     )
 except ImportError:
     from moe_reference import (
+        emulated_quantisation,
         load_triton_moe,
         make_problem,
         moe_reference,
@@ -243,14 +245,7 @@ def test_pipeline_kernel_error_vs_emulating_reference(cfg, mode):
     )
     full = dict(tm._INTERPRETER_CONFIG, **cfg)
     out = _run(prob, config=full)
-    bk = min(full["bk1"], 64) if mode == "block" else full["bk1"]
-    x_group = bk
-    if full["quant_x"]:
-        x_group = 128 if mode == "block" else 256  # per-token scales: K = 256
-    bk2 = min(full["bk2"], 64) if mode == "block" else full["bk2"]
-    h_group = full["bn1"] if full["quant_h"] else bk2
-    h_dtype = None if full["quant_h"] else torch.bfloat16
-    ref = _ref(prob, x_group=x_group, h_group=h_group, h_dtype=h_dtype)
+    ref = _ref(prob, **emulated_quantisation(full, 256, prob[-1], torch.bfloat16))
     assert rel_err(out, ref) < KERNEL_TOL
     assert rel_err(out, _ref(prob)) < FULL_TOL
 

@@ -11,9 +11,21 @@ import pytest
 import torch
 
 try:  # tests/ is a package in this repository; also runnable as loose files
-    from .moe_reference import load_triton_moe, make_problem, moe_reference, rel_err
+    from .moe_reference import (
+        emulated_quantisation,
+        load_triton_moe,
+        make_problem,
+        moe_reference,
+        rel_err,
+    )
 except ImportError:
-    from moe_reference import load_triton_moe, make_problem, moe_reference, rel_err
+    from moe_reference import (
+        emulated_quantisation,
+        load_triton_moe,
+        make_problem,
+        moe_reference,
+        rel_err,
+    )
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,7 +33,10 @@ pytestmark = [
 ]
 
 FULL_TOL = 8e-2
-KERNEL_TOL = 1e-2
+# Issue 5's kernel-only bar. Measured on the H100: 1.7-3.8e-3; GEMM1 products
+# chained in the tensor cores over K=4096 (reduced-precision FP8 accumulation)
+# gave 1.0-1.2e-2.
+KERNEL_TOL = 5e-3
 
 SHAPES = {
     # name: (E, top_k, K hidden, N intermediate, scale mode)
@@ -97,25 +112,8 @@ def test_kernel_error_vs_emulating_reference(tm, name, cfg, M):
     out = tm.fused_moe_fp8(
         x, w13, w2, tw, ti, w13_scale=s13, w2_scale=s2, block_shape=bs, config=full
     )
-    x_group = min(full["bk1"], 128)
-    if full["quant_x"]:  # per-token x scales unless the weights have block scales
-        per_token = full["x_per_token"] and SHAPES[name][4] != "block"
-        x_group = x.shape[1] if per_token else 128
-    h_group = full["bn1"] if full["quant_h"] else full["bk2"]
-    h_dtype = None if full["quant_h"] else x.dtype
-    ref = moe_reference(
-        x,
-        w13,
-        w2,
-        tw,
-        ti,
-        s13,
-        s2,
-        bs,
-        x_group=x_group,
-        h_group=h_group,
-        h_dtype=h_dtype,
-    )
+    emulated = emulated_quantisation(full, x.shape[1], bs, x.dtype)
+    ref = moe_reference(x, w13, w2, tw, ti, s13, s2, bs, **emulated)
     assert rel_err(out, ref) < KERNEL_TOL
 
 

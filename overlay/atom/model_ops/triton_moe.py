@@ -616,13 +616,13 @@ def _load_act(
 
 
 @triton.jit
-def _dot_fp8(a, b, acc, UPCAST: tl.constexpr):
-    # a . b (+ acc, None for a fresh product). UPCAST: the device has no native
-    # FP8 dot for this dtype, use bf16.
+def _dot_fp8(a, b, UPCAST: tl.constexpr):
+    # A fresh float32 a . b. UPCAST: the device has no native FP8 dot for this
+    # dtype, use bf16.
     if UPCAST:
         a = a.to(tl.bfloat16)
         b = b.to(tl.bfloat16)
-    return tl.dot(a, b, acc)
+    return tl.dot(a, b)
 
 
 @triton.jit
@@ -783,11 +783,13 @@ def _moe_gemm1_kernel(
         bg = tl.load(wg_ptrs, mask=wmask, other=0.0)
         bu = tl.load(wu_ptrs, mask=wmask, other=0.0)
         if A_ROW:
-            # One scale per token: the products chain in the accumulators (no
-            # per-step rescaling); the row scale is applied after the loop.
+            # One scale per token, applied after the loop: no per-step scaling.
+            # The products are still added in float32 per K step: chained in the
+            # tensor cores (sm_90 accumulates FP8 products with reduced
+            # precision) the kernel error grew from 3.5e-3 to 1.2e-2 (H100).
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            acc_g = _dot_fp8(a, bg, acc_g, UPCAST)
-            acc_u = _dot_fp8(a, bu, acc_u, UPCAST)
+            acc_g += _dot_fp8(a, bg, UPCAST)
+            acc_u += _dot_fp8(a, bu, UPCAST)
         else:
             a, a_s = _load_act(
                 a_ptrs,
@@ -801,8 +803,8 @@ def _moe_gemm1_kernel(
                 FP8_TINY,
                 EXACT_ROUND,
             )
-            g = _dot_fp8(a, bg, None, UPCAST)
-            u = _dot_fp8(a, bu, None, UPCAST)
+            g = _dot_fp8(a, bg, UPCAST)
+            u = _dot_fp8(a, bu, UPCAST)
             ks = (k0 // SBK) * stride_wsk
             acc_g = _scale_acc(acc_g, g, a_s, wsg_n, ks, n_ok, W_SCALE, SCALAR_BS)
             acc_u = _scale_acc(acc_u, u, a_s, wsu_n, ks, n_ok, W_SCALE, SCALAR_BS)
@@ -942,7 +944,7 @@ def _moe_gemm2_kernel(
             EXACT_ROUND,
         )
         b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        p = _dot_fp8(a, b, None, UPCAST)
+        p = _dot_fp8(a, b, UPCAST)
         acc = _scale_acc(
             acc, p, a_s, ws_n, (k0 // SBK) * stride_wsk, n_ok, W_SCALE, SCALAR_BS
         )
@@ -1013,11 +1015,11 @@ def _topk_sum_kernel(
 #   quant_x          True: separate per_token_group_quant_fp8 launch for x;
 #                    False: GEMM1 quantises x in its prologue (group = bk1)
 #   x_per_token      with quant_x and per-tensor/channel weight scales: one x
-#                    scale per token instead of per 128 columns, so GEMM1's
-#                    products chain in its accumulators (no per-K-step scaling).
-#                    H100, Mixtral, one process: 6.46 vs 7.74 ms at M=8192, 1.80
-#                    vs 2.07 at 2048, 0.69 vs 0.73 at 512, even at M=8; relative
-#                    error 4.44e-2 vs 4.35e-2 (AITER's composition: 4.66e-2)
+#                    scale per token instead of per 128 columns, so GEMM1 adds
+#                    its products without per-K-step scaling. H100, Mixtral, one
+#                    process: 6.79 vs 7.55 ms at M=8192, 1.94 vs 2.12 at 2048,
+#                    0.713 vs 0.730 at 512; kernel error 3.5e-3 vs 3.6e-3,
+#                    relative error 4.43e-2 vs 4.33e-2 (AITER's: 4.66e-2)
 #   quant_h          True: GEMM1 writes the intermediate in FP8 (group = bn1);
 #                    False: bf16 intermediate quantised in GEMM2's prologue
 #   reduce           "atomic" (fp32 atomics) or "buffer" ([M*C, K] + sum)
@@ -1105,8 +1107,9 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
         # A/B on the H100 (moe_bench harness): 0.800 vs 0.902 ms (heuristic) at
         # M=512; tune_moe.py: 4 stages 0.748 vs 0.798 ms (AITER best 0.732).
         512: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=8, s1=4, s2=4),
-        # tune_moe.py: GEMM2 split 2, 2.056 vs 2.137 ms (AITER best 1.942).
-        2048: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=3, s2=3, split_k2=2),
+        # tune_moe.py: GEMM2 split 2, 2.056 vs 2.137 ms (AITER best 1.942); with
+        # GEMM1's products added per K step, 4 GEMM1 stages: 1.924 vs 1.999 ms.
+        2048: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=4, s2=3, split_k2=2),
         # 128-row blocks; GEMM1's two 128x128 fp32 accumulators (gate, up) plus
         # the per-K-step dot results need 16 warps to stay in registers:
         # tune_moe.py 1.966 vs 2.461 ms at M=2048 (AITER best 1.899), 7.94 vs
