@@ -12,6 +12,7 @@ from .python import (
     ReplaceStatement,
     SetDictEntry,
     WrapInCondition,
+    found,
 )
 
 __all__ = [
@@ -66,5 +67,6 @@ __all__ += [
     "SetValue",
     "SwitchOn",
     "Unless",
+    "found",
     "from_yaml",
 ]

@@ -7,6 +7,8 @@ the nodes it changes, so every other byte of the file stays as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import libcst as cst
 
 from .base import Conflict, Edit
@@ -26,22 +28,21 @@ from .pysyntax import (
 )
 
 
-class PythonEdit(Edit):
-    """``present_if``: an anchor that, found in the scope, shows the change's effect is
-    already there in another form (upstream fixed it its own way): nothing to do."""
+def found(scope: str, anchor: Anchor) -> Callable[[cst.Module], bool]:
+    """For :class:`~.base.Unless`: whether ``anchor`` stands in ``scope``
+    (``"Class.method"``), e.g. upstream's own form of a fix."""
+    return lambda module: bool(find_all(find_scope(module, scope, ""), anchor))
 
+
+class PythonEdit(Edit):
     format = "python"
 
-    def __init__(self, id: str, scope: str = "", present_if: Anchor | None = None):
+    def __init__(self, id: str, scope: str = ""):
         super().__init__(id)
         self.scope = scope
-        self.present_if = present_if
 
     def apply(self, doc: cst.Module) -> tuple[cst.Module, bool]:
-        scope = find_scope(doc, self.scope, self.id)
-        if self.present_if is not None and find_all(scope, self.present_if):
-            return doc, False
-        return self.apply_in(doc, scope)
+        return self.apply_in(doc, find_scope(doc, self.scope, self.id))
 
     def apply_in(
         self, module: cst.Module, scope: cst.CSTNode
@@ -90,9 +91,8 @@ class InsertStatements(PythonEdit):
         after: Anchor | None = None,
         before: Anchor | None = None,
         at: str | None = None,
-        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope, present_if)
+        super().__init__(id, scope)
         if sum(x is not None for x in (after, before, at)) != 1:
             raise ValueError(f"{id}: give exactly one of after=, before=, at=")
         if at not in (None, "start", "end"):
@@ -184,10 +184,8 @@ class ReplaceStatement(PythonEdit):
         scope: str,
         anchor: Anchor,
         code: str,
-        *,
-        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope, present_if)
+        super().__init__(id, scope)
         self.anchor = anchor
         self.payload = parse_statements(code)
 
@@ -231,10 +229,8 @@ class AddElse(PythonEdit):
         scope: str,
         head: Anchor,
         code: str,
-        *,
-        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope, present_if)
+        super().__init__(id, scope)
         self.head = head
         self.payload = parse_statements(code)
 
@@ -266,10 +262,8 @@ class SetDictEntry(PythonEdit):
         anchor: Anchor,
         key: str,
         value: str,
-        *,
-        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope, present_if)
+        super().__init__(id, scope)
         self.anchor, self.key, self.value = anchor, key, value
 
     def apply_in(self, module, scope):
@@ -392,9 +386,8 @@ class ReplaceArgument(PythonEdit):
         *,
         keyword: str | None = None,
         index: int | None = None,
-        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope, present_if)
+        super().__init__(id, scope)
         if (keyword is None) == (index is None):
             raise ValueError(f"{id}: give exactly one of keyword=, index=")
         self.anchor, self.value, self.keyword, self.index = (
@@ -456,10 +449,8 @@ class WrapInCondition(PythonEdit):
         anchor: Anchor,
         condition: str,
         orelse: str | None = None,
-        *,
-        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope, present_if)
+        super().__init__(id, scope)
         self.anchor, self.condition = anchor, condition
         self.orelse = parse_statements(orelse) if orelse else None
 
@@ -499,10 +490,8 @@ class RenameName(PythonEdit):
         scope: str,
         old: str,
         new: str,
-        *,
-        present_if: Anchor | None = None,
     ):
-        super().__init__(id, scope, present_if)
+        super().__init__(id, scope)
         self.old, self.new = old, new
 
     def apply_in(self, module, scope):

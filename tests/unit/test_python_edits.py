@@ -17,10 +17,12 @@ from atom_ckfree.edits import (
     ReplaceArgument,
     ReplaceStatement,
     SetDictEntry,
+    Unless,
     WrapInCondition,
     assign,
     call,
     defn,
+    found,
     if_test,
     stmt,
 )
@@ -371,21 +373,29 @@ def test_missing_anchor_points_at_the_closest_statement():
     )
 
 
-def test_present_if_recognises_an_upstream_fix_in_another_form():
+def test_unless_found_recognises_an_upstream_fix_in_another_form():
     upstream_fixed = src(LOADER).replace(
         "        # pick the shard\n", "        offset = -1\n"
     )
-    edit = AddElse(
-        "e",
-        "Loader.load",
-        if_test('kind == "a"'),
-        "offset = 0",
-        present_if=stmt("offset = -1"),
+    edit = Unless(
+        AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0"),
+        found("Loader.load", stmt("offset = -1")),
     )
     got, changed = run(edit, upstream_fixed)
     assert not changed and got == upstream_fixed
     got, changed = run(edit, src(LOADER))
     assert changed and "else:" in got
+
+
+def test_unless_found_in_a_missing_scope_reports_the_edits_conflict():
+    # found() cannot look inside a scope that is gone: the edit runs and names it.
+    edit = Unless(
+        AddElse("e", "Loader.load", if_test('kind == "a"'), "offset = 0"),
+        found("Loader.load", stmt("offset = -1")),
+    )
+    with pytest.raises(Conflict) as info:
+        run(edit, src(LOADER).replace("def load(", "def fetch("))
+    assert info.value.edit_id == "e"
 
 
 def test_comments_leading_a_payload_are_kept():
