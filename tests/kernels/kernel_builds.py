@@ -76,8 +76,8 @@ BUILDS = {
         {**GEMM_PTRS, "out_ptr": "bf16"},
         4,
     ),
-    # Per-tensor weights, one x scale per token: chained products.
-    "gemm1-per-token-chained": (
+    # Per-tensor weights, one x scale per token: no per-step scaling.
+    "gemm1-per-token": (
         "_moe_gemm1_kernel",
         {
             **GEMM,

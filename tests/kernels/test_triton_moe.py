@@ -252,7 +252,7 @@ def test_pipeline_kernel_error_vs_emulating_reference(cfg, mode):
 
 @pytest.mark.parametrize("mode", ["tensor", "channel", "block"])
 def test_per_token_x_scales(mode):
-    # x_per_token: one x scale per token (chained GEMM1 products) with per-tensor
+    # x_per_token: one x scale per token (no per-K-step scaling) with per-tensor
     # or per-channel weights; block scales keep their 128-column groups.
     prob = make_problem(
         12, 256, 128, 4, 2, scale_mode=mode, block_shape=(64, 64), seed=8

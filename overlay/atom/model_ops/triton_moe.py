@@ -1438,7 +1438,7 @@ def moe_gemm1_silu(
         0 if zero_out is None else zero_out.numel(),
         A_QUANT=a_quant,
         A_GROUP=x_group,
-        # FP8 x with one scale per token and no block scales: chained products.
+        # FP8 x with one scale per token and no block scales: no per-step scaling.
         A_ROW=not a_quant and x_group >= K and w13_scale.mode != _SCALE_BLOCK,
         W_SCALE=w13_scale.mode,
         SBN=cfg.get("sbn", 1),
