@@ -105,6 +105,10 @@ BUILDS = {
             "W_SCALE": 2,
             "SCALAR_BS": True,
             "REDUCE": 0,
+            "TMA": False,
+            "PERSISTENT": False,
+            "a_desc": None,
+            "w_desc": None,
             "BLOCK_M": 64,
             "BLOCK_N": 128,
             "GROUP_M": 8,
@@ -121,6 +125,10 @@ BUILDS = {
             "W_SCALE": 0,
             "SCALAR_BS": False,
             "REDUCE": 1,
+            "TMA": False,
+            "PERSISTENT": False,
+            "a_desc": None,
+            "w_desc": None,
             "BLOCK_M": 64,
             "BLOCK_N": 256,
             "GROUP_M": 8,
@@ -137,12 +145,40 @@ BUILDS = {
             "W_SCALE": 1,
             "SCALAR_BS": False,
             "REDUCE": 2,
+            "TMA": False,
+            "PERSISTENT": False,
+            "a_desc": None,
+            "w_desc": None,
             "BLOCK_M": 16,
             "BLOCK_N": 128,
             "GROUP_M": 4,
         },
         {**GEMM_PTRS, "a_ptr": "bf16", "out_ptr": "bf16"},
         4,
+    ),
+    # The large-M block-FP8 GEMM2: persistent grid, operands through TMA.
+    "gemm2-block-buffer-persistent-tma": (
+        "_moe_gemm2_kernel",
+        {
+            **GEMM,
+            "A_QUANT": False,
+            "A_GROUP": 128,
+            "W_SCALE": 2,
+            "SCALAR_BS": True,
+            "REDUCE": 1,
+            "TMA": True,
+            "PERSISTENT": True,
+            "BLOCK_M": 128,
+            "BLOCK_N": 128,
+            "GROUP_M": 8,
+        },
+        {
+            **GEMM_PTRS,
+            "out_ptr": "bf16",
+            "a_desc": "tensordesc<fp8e4nv[128, 128]>",
+            "w_desc": "tensordesc<fp8e4nv[128, 128]>",
+        },
+        8,
     ),
     "align-small": (
         "_align_small_kernel",
@@ -179,7 +215,9 @@ BUILDS = {
 
 def build(kernel, constexprs, pointer_types, num_warps):
     """Compile ``kernel`` for sm_90 with ``constexprs``; the other arguments are
-    int32 scalars or pointers (``*_ptr``) of ``pointer_types[name]`` (float32)."""
+    int32 scalars, pointers (``*_ptr``) of ``pointer_types[name]`` (float32) or
+    tensor descriptors (``*_desc``) of type ``pointer_types[name]`` (a
+    constexpr ``None`` when absent)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -193,6 +231,8 @@ def build(kernel, constexprs, pointer_types, num_warps):
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name.endswith("_desc"):
+            signature[name] = pointer_types[name]
         elif name.endswith("_ptr"):
             signature[name] = "*" + pointer_types.get(name, "fp32")
         else:

@@ -226,6 +226,16 @@ def test_pipeline_scale_layouts(layout):
         {"quant_x": True, "quant_h": False, "split_k1": 3, "reduce": "buffer"},
         # Tiles narrow enough for one block scale each (scalar scale loads).
         {"quant_h": True, "bn1": 32, "bn2": 64},
+        # GEMM2 on a persistent grid (4 programs here, several tiles each),
+        # operands through tensor descriptors.
+        {
+            "quant_x": True,
+            "quant_h": True,
+            "reduce": "buffer",
+            "persistent2": True,
+            "tma2": True,
+        },
+        {"quant_h": True, "persistent2": True, "split_k2": 2},
     ],
     ids=[
         "prequant-buffer",
@@ -233,6 +243,8 @@ def test_pipeline_scale_layouts(layout):
         "splitk1-fp8h",
         "splitk1-bf16h",
         "scalar-block-scale",
+        "persistent-tma-buffer",
+        "persistent-splitk-atomic",
     ],
 )
 @pytest.mark.parametrize("mode", ["tensor", "block"])
@@ -265,6 +277,21 @@ def test_per_token_x_scales(mode):
     assert rel_err(out, _ref(prob)) < FULL_TOL
     if mode != "block":  # per-token scales: measurably not the 128-group result
         assert rel_err(out, _ref(prob, x_group=128, h_group=cfg["bn1"])) > 1e-3
+
+
+def test_tma_descriptors_only_for_dense_aligned_operands():
+    fp8 = torch.float8_e4m3fn
+    h = torch.zeros(64, 128, dtype=fp8)
+    w2 = torch.zeros(4, 256, 128, dtype=fp8)
+    h_desc, w_desc = tm._tma_descriptors(h, w2, (16, 64), (128, 64))
+    assert tuple(h_desc.shape) == (64, 128) and list(h_desc.block_shape) == [16, 64]
+    assert tuple(w_desc.shape) == (4 * 256, 128)
+    assert list(w_desc.block_shape) == [128, 64]
+    # Row strides that are no multiple of 16 bytes, non-dense weights: pointers.
+    h_odd = torch.zeros(64, 120, dtype=fp8)
+    assert tm._tma_descriptors(h_odd, w2, (16, 64), (128, 64)) == (None, None)
+    w2_t = torch.zeros(4, 128, 256, dtype=fp8).transpose(1, 2)
+    assert tm._tma_descriptors(h, w2_t, (16, 64), (128, 64)) == (None, None)
 
 
 def test_m_equals_one():

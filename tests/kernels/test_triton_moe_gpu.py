@@ -102,8 +102,22 @@ def test_real_sizes(tm, name, M):
         {"quant_x": False, "quant_h": False, "reduce": "atomic", "split_k2": 2},
         {"quant_x": False, "quant_h": True, "split_k1": 4, "split_k2": 4},
         {"quant_x": True, "quant_h": True, "split_k1": 8, "block_m": 16, "bn1": 32},
+        {
+            "quant_x": True,
+            "quant_h": True,
+            "reduce": "buffer",
+            "block_m": 64,
+            "persistent2": True,
+            "tma2": True,
+        },
     ],
-    ids=["prequant-buffer", "inline-atomic", "splitk1-inline", "splitk1-prequant"],
+    ids=[
+        "prequant-buffer",
+        "inline-atomic",
+        "splitk1-inline",
+        "splitk1-prequant",
+        "persistent-tma-buffer",
+    ],
 )
 @pytest.mark.parametrize("M", [4, 64])
 def test_kernel_error_vs_emulating_reference(tm, name, cfg, M):

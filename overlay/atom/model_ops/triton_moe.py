@@ -860,7 +860,12 @@ def _moe_gemm1_kernel(
 # 5. GEMM2: intermediate . w2^T, routing weight, top-k sum
 # --------------------------------------------------------------------------------------
 @triton.jit
-def _moe_gemm2_kernel(
+def _gemm2_tile(
+    tile,
+    num_pid_m,
+    num_pid_n,
+    k_begin,
+    k_end,
     a_ptr,
     a_scale_ptr,
     w_ptr,
@@ -869,13 +874,11 @@ def _moe_gemm2_kernel(
     topk_w_ptr,
     sorted_ptr,
     expert_ids_ptr,
-    post_pad_ptr,
+    a_desc,
+    w_desc,
     N,
-    K,
     numel,
     num_cols,
-    num_pid_m,
-    k_per_split,
     stride_am,
     stride_asm,
     stride_we,
@@ -894,6 +897,7 @@ def _moe_gemm2_kernel(
     SBK: tl.constexpr,
     SCALAR_BS: tl.constexpr,
     REDUCE: tl.constexpr,
+    TMA: tl.constexpr,
     UPCAST: tl.constexpr,
     FP8_MAX: tl.constexpr,
     FP8_TINY: tl.constexpr,
@@ -903,47 +907,50 @@ def _moe_gemm2_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    # Here N is the output width (hidden size) and K the reduction (intermediate).
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = _pid_grouped(pid, num_pid_m, num_pid_n, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(post_pad_ptr):
-        return
+    # One output tile of GEMM2 over the reduction range [k_begin, k_end).
+    # TMA: the FP8 intermediate and the weights come through tensor descriptors
+    # (a_desc over h [rows, K], w_desc over w2 as [E * N, K]); else pointer loads.
+    k_lane = tl.arange(0, BLOCK_K)
+    fp8 = w_ptr.dtype.element_ty
+    pid_m, pid_n = _pid_grouped(tile, num_pid_m, num_pid_n, GROUP_M)
     expert, offs_m, flat, row_ok, offs_n, n_ok = _tile_rows(
         sorted_ptr, expert_ids_ptr, pid_m, pid_n, numel, N, BLOCK_M, BLOCK_N
     )
-    k_begin = pid_k * k_per_split
-    k_end = tl.minimum(k_begin + k_per_split, K)
-    offs_k = k_begin + tl.arange(0, BLOCK_K)
-
     rows = offs_m.to(tl.int64)
+    offs_k = k_begin + k_lane
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :]
     as_rows = a_scale_ptr + rows * stride_asm
     w_base = w_ptr + expert * stride_we
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    w_row = (expert * N + pid_n * BLOCK_N).to(tl.int32)
     ws_base = w_scale_ptr + expert * stride_wse
     ws_n = _block_scale_ptrs(
         ws_base, offs_n, pid_n * BLOCK_N, stride_wsn, SBN, SCALAR_BS
     )
-    fp8 = w_ptr.dtype.element_ty
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        k_ok = (offs_k + (k0 - k_begin)) < k_end
-        a, a_s = _load_act(
-            a_ptrs,
-            as_rows,
-            k0 // A_GROUP,
-            row_ok,
-            k_ok,
-            fp8,
-            A_QUANT,
-            FP8_MAX,
-            FP8_TINY,
-            EXACT_ROUND,
-        )
-        b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if TMA:
+            # Out-of-range K columns come back zero; rows past the used
+            # blocks do not occur (whole BLOCK_M blocks of h).
+            a = a_desc.load([pid_m * BLOCK_M, k0])
+            a_s = tl.load(as_rows + k0 // A_GROUP, mask=row_ok, other=0.0)
+            b = w_desc.load([w_row, k0]).T
+        else:
+            k_ok = (offs_k + (k0 - k_begin)) < k_end
+            a, a_s = _load_act(
+                a_ptrs,
+                as_rows,
+                k0 // A_GROUP,
+                row_ok,
+                k_ok,
+                fp8,
+                A_QUANT,
+                FP8_MAX,
+                FP8_TINY,
+                EXACT_ROUND,
+            )
+            b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         p = _dot_fp8(a, b, UPCAST)
         acc = _scale_acc(
             acc, p, a_s, ws_n, (k0 // SBK) * stride_wsk, n_ok, W_SCALE, SCALAR_BS
@@ -971,7 +978,168 @@ def _moe_gemm2_kernel(
         tl.atomic_add(o_ptrs, acc, mask=omask, sem="relaxed")
     else:
         tl.store(
-            o_ptrs, _cast_out(acc, out_ptr.dtype.element_ty, EXACT_ROUND), mask=omask
+            o_ptrs,
+            _cast_out(acc, out_ptr.dtype.element_ty, EXACT_ROUND),
+            mask=omask,
+        )
+
+
+@triton.jit
+def _moe_gemm2_kernel(
+    a_ptr,
+    a_scale_ptr,
+    w_ptr,
+    w_scale_ptr,
+    out_ptr,
+    topk_w_ptr,
+    sorted_ptr,
+    expert_ids_ptr,
+    post_pad_ptr,
+    a_desc,
+    w_desc,
+    N,
+    K,
+    numel,
+    num_cols,
+    k_per_split,
+    stride_am,
+    stride_asm,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_wse,
+    stride_wsn,
+    stride_wsk,
+    stride_om,
+    stride_twm,
+    stride_twc,
+    A_QUANT: tl.constexpr,
+    A_GROUP: tl.constexpr,
+    W_SCALE: tl.constexpr,
+    SBN: tl.constexpr,
+    SBK: tl.constexpr,
+    SCALAR_BS: tl.constexpr,
+    REDUCE: tl.constexpr,
+    TMA: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+    FP8_TINY: tl.constexpr,
+    EXACT_ROUND: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # Here N is the output width (hidden size) and K the reduction (intermediate).
+    # One program per used tile, or with a PERSISTENT grid (one program per SM)
+    # several tiles per program, the tile loop flattened into the K loop so that
+    # the next tile's loads overlap this tile's last steps and epilogue (GEMM2's
+    # reduction is short: 2-16 K steps for the block-FP8 shapes). A tile loop in
+    # the one-tile grid cost up to 9 % (H100, Mixtral M=512), hence two branches.
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = tl.load(post_pad_ptr) // BLOCK_M
+    num_tiles = num_pid_m * num_pid_n
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    if PERSISTENT:
+        for tile in tl.range(pid, num_tiles, tl.num_programs(0), flatten=True):
+            _gemm2_tile(
+                tile,
+                num_pid_m,
+                num_pid_n,
+                k_begin,
+                k_end,
+                a_ptr,
+                a_scale_ptr,
+                w_ptr,
+                w_scale_ptr,
+                out_ptr,
+                topk_w_ptr,
+                sorted_ptr,
+                expert_ids_ptr,
+                a_desc,
+                w_desc,
+                N,
+                numel,
+                num_cols,
+                stride_am,
+                stride_asm,
+                stride_we,
+                stride_wn,
+                stride_wk,
+                stride_wse,
+                stride_wsn,
+                stride_wsk,
+                stride_om,
+                stride_twm,
+                stride_twc,
+                A_QUANT,
+                A_GROUP,
+                W_SCALE,
+                SBN,
+                SBK,
+                SCALAR_BS,
+                REDUCE,
+                TMA,
+                UPCAST,
+                FP8_MAX,
+                FP8_TINY,
+                EXACT_ROUND,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_K,
+                GROUP_M,
+            )
+    elif pid < num_tiles:
+        _gemm2_tile(
+            pid,
+            num_pid_m,
+            num_pid_n,
+            k_begin,
+            k_end,
+            a_ptr,
+            a_scale_ptr,
+            w_ptr,
+            w_scale_ptr,
+            out_ptr,
+            topk_w_ptr,
+            sorted_ptr,
+            expert_ids_ptr,
+            a_desc,
+            w_desc,
+            N,
+            numel,
+            num_cols,
+            stride_am,
+            stride_asm,
+            stride_we,
+            stride_wn,
+            stride_wk,
+            stride_wse,
+            stride_wsn,
+            stride_wsk,
+            stride_om,
+            stride_twm,
+            stride_twc,
+            A_QUANT,
+            A_GROUP,
+            W_SCALE,
+            SBN,
+            SBK,
+            SCALAR_BS,
+            REDUCE,
+            TMA,
+            UPCAST,
+            FP8_MAX,
+            FP8_TINY,
+            EXACT_ROUND,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            GROUP_M,
         )
 
 
@@ -1023,6 +1191,10 @@ def _topk_sum_kernel(
 #   quant_h          True: GEMM1 writes the intermediate in FP8 (group = bn1);
 #                    False: bf16 intermediate quantised in GEMM2's prologue
 #   reduce           "atomic" (fp32 atomics) or "buffer" ([M*C, K] + sum)
+#   persistent2      GEMM2 on one program per SM, each looping over tiles with
+#                    the next tile's loads overlapping the current one's end
+#   tma2             GEMM2 reads the FP8 intermediate and w2 through tensor
+#                    descriptors (TMA; sm_90+, else pointer loads)
 # Device names are torch.cuda.get_device_name() values; "" matches any device.
 # Entries are produced by benchmarks/tune_moe.py on the named card; a tuned entry
 # may omit keys (they default to _BASE).
@@ -1043,6 +1215,8 @@ _BASE = {
     "quant_h": False,
     "x_per_token": True,
     "reduce": "atomic",
+    "persistent2": False,
+    "tma2": False,
 }
 
 # Tuned entries: {(device name, E, N, K): {M bucket upper bound: config or None}}.
@@ -1059,9 +1233,23 @@ _LARGE_M = {"bn2": 128, "group_m": 8, "quant_x": True, "quant_h": True}
 # vs 1.103 and M=8192 2.531 vs 2.591 ms; then one descent pass at M=8192: 8 warps
 # (TP8 2.250, Qwen3 1.258, EP1 9.008 ms vs 2.352, 1.278, 9.786), 64-wide GEMM2
 # tiles (2.275 vs 2.360, 1.256 vs 1.278 ms; EP1 even), GEMM2 4 stages (2.291 vs
-# 2.361; EP1 9.516 vs 10.009 ms, 5 stages 9.276 but 2.867 for TP8).
+# 2.361; EP1 9.516 vs 10.009 ms, 5 stages 9.276 but 2.867 for TP8). Then GEMM2
+# on a persistent grid with TMA operands, 128-wide tiles, 3 stages (the best of 32
+# GEMM2 variants on the H100 for all three shapes; whole pipeline, same process:
+# TP8 M=8192 1.928 vs 2.240 ms, M=2048 0.839 vs 0.949; Qwen3 1.101 vs 1.178 and
+# 0.402 vs 0.417; EP1 M=8192 9.389 vs 9.762).
 _LARGE_BLOCK_FP8 = dict(
-    _LARGE_M, block_m=128, bn1=128, w1=8, bn2=64, w2=8, s1=3, s2=4, reduce="buffer"
+    _LARGE_M,
+    block_m=128,
+    bn1=128,
+    w1=8,
+    bn2=128,
+    w2=8,
+    s1=3,
+    s2=3,
+    reduce="buffer",
+    persistent2=True,
+    tma2=True,
 )
 MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
     # DeepSeek-V3 TP8 (E256, N256, hidden 7168), block FP8.
@@ -1237,6 +1425,50 @@ def _native_fp8_dot_cuda(dtype: torch.dtype, index: int | None) -> bool:
             return dtype == torch.float8_e4m3fnuz
         return dtype == torch.float8_e4m3fn
     return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _num_sms(device: torch.device) -> int:
+    """Programs of a persistent grid: the device's multiprocessors (4 elsewhere)."""
+    if device.type != "cuda":
+        return 4
+    return _num_sms_cuda(device.index)
+
+
+@functools.cache
+def _num_sms_cuda(index: int | None) -> int:
+    idx = torch.cuda.current_device() if index is None else index
+    return torch.cuda.get_device_properties(idx).multi_processor_count
+
+
+def _tma_descriptors(
+    h: torch.Tensor, w2: torch.Tensor, h_block: tuple, w_block: tuple
+) -> tuple:
+    """Tensor descriptors of GEMM2's operands (``h [rows, N]`` FP8 in blocks
+    ``h_block``, ``w2 [E, K, N]`` as ``[E * K, N]`` in blocks ``w_block``), or
+    ``(None, None)`` where the copy engine cannot take them: Triton without host
+    descriptors (< 3.4), no TMA unit (before sm_90, ROCm), no native FP8 dot,
+    or operands that are not dense and 16-byte aligned."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None, None
+    dev = h.device
+    if not _interpreting():
+        if dev.type != "cuda" or torch.version.hip is not None:
+            return None, None
+        if torch.cuda.get_device_capability(dev) < (9, 0):
+            return None, None
+    if not _native_fp8_dot(w2.dtype, dev) or not w2.is_contiguous():
+        return None, None
+    if h.stride(1) != 1 or any(
+        v % 16 for v in (h.stride(0), h.data_ptr(), w2.shape[2], w2.data_ptr())
+    ):
+        return None, None
+    E, K, N = w2.shape
+    return (
+        TensorDescriptor.from_tensor(h, list(h_block)),
+        TensorDescriptor.from_tensor(w2.view(E * K, N), list(w_block)),
+    )
 
 
 def _check_fp8_dtype(dtype: torch.dtype, device: torch.device) -> None:
@@ -1499,9 +1731,14 @@ def moe_gemm2_reduce(
         out = torch.empty((num_tokens, K), dtype=out_dtype, device=dev)
     k_per_split, split_k = _split_k(N, split_k, bk)
     a_quant = h_scale is None
-    num_pid_m = align.sorted_token_ids.numel() // bm
-    grid = (num_pid_m * triton.cdiv(K, bn), split_k)
-    _moe_gemm2_kernel[grid](
+    tiles = align.sorted_token_ids.numel() // bm * triton.cdiv(K, bn)
+    persistent = bool(cfg.get("persistent2", False))
+    if persistent:
+        tiles = min(tiles, _num_sms(dev))
+    descs = (None, None)
+    if cfg.get("tma2", False) and not a_quant:
+        descs = _tma_descriptors(h, w2, (bm, bk), (bn, bk))
+    _moe_gemm2_kernel[(max(tiles, 1), split_k)](
         h,
         h if a_quant else h_scale,
         w2,
@@ -1511,11 +1748,11 @@ def moe_gemm2_reduce(
         align.sorted_token_ids,
         align.expert_ids,
         align.num_tokens_post_padded,
+        *descs,
         K,
         N,
         numel,
         num_cols,
-        num_pid_m,
         k_per_split,
         h.stride(0),
         0 if a_quant else h_scale.stride(0),
@@ -1535,6 +1772,8 @@ def moe_gemm2_reduce(
         SBK=cfg.get("sbk", 1),
         SCALAR_BS=_scalar_block_scale(cfg, bn, K),
         REDUCE=reduce,
+        TMA=descs[0] is not None,
+        PERSISTENT=persistent,
         **_fp8_meta(w2.dtype, dev),
         BLOCK_M=bm,
         BLOCK_N=bn,
