@@ -6,8 +6,8 @@
 For each (shape, M) it starts from the current configuration
 (``get_moe_config``) and does coordinate descent over the knobs (block_m, the
 GEMM tiles, warps, stages, GEMM2 split-K, grouped ordering, where the activations
-are quantised, the top-k reduction, GEMM2's persistent grid and TMA
-operands), two passes, timing each candidate as the
+are quantised, the top-k reduction, GEMM2's row tile, persistent grid
+and TMA operands), two passes, timing each candidate as the
 benchmark does (one CUDA graph, L2 flushed, median). Candidates that do not
 compile (shared memory) or give a wrong result are skipped. The whole run stops
 at ``--budget-s``.
@@ -51,7 +51,8 @@ SPACE = {
     "quant_h": [False, True],
     "x_per_token": [False, True],
     "reduce": ["atomic", "buffer"],
-    "persistent2": [False, True],
+    "bm2": [None, 32, 64],
+    "persistent2": [0, 1, 2, 3],
     "tma2": [False, True],
 }
 ORDER = [
@@ -68,6 +69,7 @@ ORDER = [
     "quant_h",
     "x_per_token",
     "reduce",
+    "bm2",
     "persistent2",
     "tma2",
     "group_m",

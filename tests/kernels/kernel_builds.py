@@ -110,6 +110,7 @@ BUILDS = {
             "a_desc": None,
             "w_desc": None,
             "BLOCK_M": 64,
+            "ALIGN_M": 64,
             "BLOCK_N": 128,
             "GROUP_M": 8,
         },
@@ -130,6 +131,7 @@ BUILDS = {
             "a_desc": None,
             "w_desc": None,
             "BLOCK_M": 64,
+            "ALIGN_M": 64,
             "BLOCK_N": 256,
             "GROUP_M": 8,
         },
@@ -150,13 +152,15 @@ BUILDS = {
             "a_desc": None,
             "w_desc": None,
             "BLOCK_M": 16,
+            "ALIGN_M": 16,
             "BLOCK_N": 128,
             "GROUP_M": 4,
         },
         {**GEMM_PTRS, "a_ptr": "bf16", "out_ptr": "bf16"},
         4,
     ),
-    # The large-M block-FP8 GEMM2: persistent grid, operands through TMA.
+    # The large-M block-FP8 GEMM2: persistent grid, operands through TMA, 64-row
+    # tiles of 128-row alignment blocks.
     "gemm2-block-buffer-persistent-tma": (
         "_moe_gemm2_kernel",
         {
@@ -168,17 +172,18 @@ BUILDS = {
             "REDUCE": 1,
             "TMA": True,
             "PERSISTENT": True,
-            "BLOCK_M": 128,
+            "BLOCK_M": 64,
+            "ALIGN_M": 128,
             "BLOCK_N": 128,
             "GROUP_M": 8,
         },
         {
             **GEMM_PTRS,
             "out_ptr": "bf16",
-            "a_desc": "tensordesc<fp8e4nv[128, 128]>",
+            "a_desc": "tensordesc<fp8e4nv[64, 128]>",
             "w_desc": "tensordesc<fp8e4nv[128, 128]>",
         },
-        8,
+        4,
     ),
     "align-small": (
         "_align_small_kernel",

@@ -226,16 +226,18 @@ def test_pipeline_scale_layouts(layout):
         {"quant_x": True, "quant_h": False, "split_k1": 3, "reduce": "buffer"},
         # Tiles narrow enough for one block scale each (scalar scale loads).
         {"quant_h": True, "bn1": 32, "bn2": 64},
-        # GEMM2 on a persistent grid (4 programs here, several tiles each),
-        # operands through tensor descriptors.
+        # GEMM2 on a persistent grid (8 programs here, several tiles each), in
+        # 8-row tiles of the 16-row alignment blocks, operands through tensor
+        # descriptors.
         {
             "quant_x": True,
             "quant_h": True,
             "reduce": "buffer",
-            "persistent2": True,
+            "persistent2": 2,
+            "bm2": 8,
             "tma2": True,
         },
-        {"quant_h": True, "persistent2": True, "split_k2": 2},
+        {"quant_h": True, "persistent2": 1, "split_k2": 2},
     ],
     ids=[
         "prequant-buffer",
@@ -391,3 +393,5 @@ def test_errors():
     _bad(prob, ValueError, block_shape=(128, 100))
     _bad(prob, ValueError, num_fused_shared_experts=2)
     _bad(prob, ValueError, hidden_states=x[None])
+    # GEMM2 tiles must split the alignment blocks evenly.
+    _bad(prob, ValueError, config=dict(tm._INTERPRETER_CONFIG, bm2=12))

@@ -3,7 +3,10 @@
 
 This module carries its own Triton kernels and imports nothing but ``torch``,
 ``triton`` and the standard library, so it runs wherever Triton runs (ROCm and
-CUDA) and can be tested on the CPU through ``TRITON_INTERPRET=1``.
+CUDA) and can be tested on the CPU through ``TRITON_INTERPRET=1``. It needs Triton
+3.3 or newer (the persistent GEMM2 flattens its tile loop); tensor descriptors
+(Triton 3.4+, sm_90+) are used where a configuration asks for them and the device
+and Triton have them, pointer loads otherwise.
 
 Public entry point (called by ATOM's ``moe.py`` when the Triton backend is chosen)::
 
@@ -580,10 +583,12 @@ def _tile_rows(
     N,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    ALIGN_M: tl.constexpr,
 ):
     # Expert, aligned rows (flat token * C + column indices, padding rows masked
-    # out) and output columns of tile (pid_m, pid_n).
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    # out) and output columns of tile (pid_m, pid_n). BLOCK_M divides the
+    # alignment's block, ALIGN_M, whose expert the tile's rows belong to.
+    expert = tl.load(expert_ids_ptr + pid_m // (ALIGN_M // BLOCK_M)).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     flat = tl.load(sorted_ptr + offs_m)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -751,7 +756,7 @@ def _moe_gemm1_kernel(
     if pid_m * BLOCK_M >= tl.load(post_pad_ptr):
         return
     expert, offs_m, flat, row_ok, offs_n, n_ok = _tile_rows(
-        sorted_ptr, expert_ids_ptr, pid_m, pid_n, numel, N, BLOCK_M, BLOCK_N
+        sorted_ptr, expert_ids_ptr, pid_m, pid_n, numel, N, BLOCK_M, BLOCK_N, BLOCK_M
     )
     tok = (flat // num_cols).to(tl.int64)
     if SPLIT == 1:
@@ -905,6 +910,7 @@ def _gemm2_tile(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    ALIGN_M: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     # One output tile of GEMM2 over the reduction range [k_begin, k_end).
@@ -914,7 +920,7 @@ def _gemm2_tile(
     fp8 = w_ptr.dtype.element_ty
     pid_m, pid_n = _pid_grouped(tile, num_pid_m, num_pid_n, GROUP_M)
     expert, offs_m, flat, row_ok, offs_n, n_ok = _tile_rows(
-        sorted_ptr, expert_ids_ptr, pid_m, pid_n, numel, N, BLOCK_M, BLOCK_N
+        sorted_ptr, expert_ids_ptr, pid_m, pid_n, numel, N, BLOCK_M, BLOCK_N, ALIGN_M
     )
     rows = offs_m.to(tl.int64)
     offs_k = k_begin + k_lane
@@ -1029,6 +1035,7 @@ def _moe_gemm2_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    ALIGN_M: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     # Here N is the output width (hidden size) and K the reduction (intermediate).
@@ -1091,6 +1098,7 @@ def _moe_gemm2_kernel(
                 BLOCK_M,
                 BLOCK_N,
                 BLOCK_K,
+                ALIGN_M,
                 GROUP_M,
             )
     elif pid < num_tiles:
@@ -1139,6 +1147,7 @@ def _moe_gemm2_kernel(
             BLOCK_M,
             BLOCK_N,
             BLOCK_K,
+            ALIGN_M,
             GROUP_M,
         )
 
@@ -1191,8 +1200,10 @@ def _topk_sum_kernel(
 #   quant_h          True: GEMM1 writes the intermediate in FP8 (group = bn1);
 #                    False: bf16 intermediate quantised in GEMM2's prologue
 #   reduce           "atomic" (fp32 atomics) or "buffer" ([M*C, K] + sum)
-#   persistent2      GEMM2 on one program per SM, each looping over tiles with
-#                    the next tile's loads overlapping the current one's end
+#   bm2              GEMM2 rows per tile, a divisor of block_m (None: block_m)
+#   persistent2      GEMM2 grid of this many programs per SM, each looping over
+#                    tiles with the next tile's loads overlapping the current
+#                    one's end (0: one program per tile)
 #   tma2             GEMM2 reads the FP8 intermediate and w2 through tensor
 #                    descriptors (TMA; sm_90+, else pointer loads)
 # Device names are torch.cuda.get_device_name() values; "" matches any device.
@@ -1215,7 +1226,8 @@ _BASE = {
     "quant_h": False,
     "x_per_token": True,
     "reduce": "atomic",
-    "persistent2": False,
+    "bm2": None,
+    "persistent2": 0,
     "tma2": False,
 }
 
@@ -1248,16 +1260,24 @@ _LARGE_BLOCK_FP8 = dict(
     s1=3,
     s2=3,
     reduce="buffer",
-    persistent2=True,
+    persistent2=1,
     tma2=True,
 )
+# GEMM2 in 64-row tiles of 4 warps, two programs per SM: the two interleave their
+# per-step scaling with each other's tensor-core work. Whole pipeline, same
+# process, against _LARGE_BLOCK_FP8 (H100, two runs): Qwen3 M=2048 0.391 vs 0.404
+# ms, M=8192 1.059 vs 1.122 and 1.062 vs 1.099; TP8 M=8192 1.851 vs 1.942 and 1.847
+# vs 1.939 (M=2048 0.901 vs 0.838: not there); EP1 M=8192 9.20 vs 9.39 and 9.13 vs
+# 9.27.
+_LARGE_BLOCK_FP8_TWO_PER_SM = dict(_LARGE_BLOCK_FP8, bm2=64, w2=4, persistent2=2)
 MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
     # DeepSeek-V3 TP8 (E256, N256, hidden 7168), block FP8.
     (_H100, 256, 256, 7168): {
         7: None,
         8: {"bn1": 32, "bn2": 128, "quant_x": True, "s1": 3, "s2": 2},
         2047: None,
-        1 << 62: _LARGE_BLOCK_FP8,
+        2048: _LARGE_BLOCK_FP8,
+        1 << 62: _LARGE_BLOCK_FP8_TWO_PER_SM,
     },
     # DeepSeek-V3 EP1 (E256, N2048).
     # M=512 and 2048: benchmarks/tune_moe.py on the H100 (same run as the AITER
@@ -1271,10 +1291,10 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
         2047: None,
         2048: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=4, s1=4, s2=4),
         4096: None,
-        1 << 62: _LARGE_BLOCK_FP8,
+        1 << 62: _LARGE_BLOCK_FP8_TWO_PER_SM,
     },
     # Qwen3-30B-A3B (E128, N768, hidden 2048), block FP8.
-    (_H100, 128, 768, 2048): {2047: None, 1 << 62: _LARGE_BLOCK_FP8},
+    (_H100, 128, 768, 2048): {2047: None, 1 << 62: _LARGE_BLOCK_FP8_TWO_PER_SM},
     # Mixtral 8x7B (E8, N14336, hidden 4096), per-tensor FP8.
     (_H100, 8, 14336, 4096): {
         # tune_moe.py: GEMM2 split 4 instead of 8, 0.169 vs 0.181 ms (heuristic).
@@ -1428,7 +1448,8 @@ def _native_fp8_dot_cuda(dtype: torch.dtype, index: int | None) -> bool:
 
 
 def _num_sms(device: torch.device) -> int:
-    """Programs of a persistent grid: the device's multiprocessors (4 elsewhere)."""
+    """The device's multiprocessors, which persistent grids are sized by (4 off
+    CUDA devices: the interpreter's)."""
     if device.type != "cuda":
         return 4
     return _num_sms_cuda(device.index)
@@ -1731,13 +1752,16 @@ def moe_gemm2_reduce(
         out = torch.empty((num_tokens, K), dtype=out_dtype, device=dev)
     k_per_split, split_k = _split_k(N, split_k, bk)
     a_quant = h_scale is None
-    tiles = align.sorted_token_ids.numel() // bm * triton.cdiv(K, bn)
-    persistent = bool(cfg.get("persistent2", False))
-    if persistent:
-        tiles = min(tiles, _num_sms(dev))
+    bm2 = cfg.get("bm2") or bm
+    if bm % bm2:
+        raise ValueError(f"bm2={bm2} must divide block_m={bm}")
+    tiles = align.sorted_token_ids.numel() // bm2 * triton.cdiv(K, bn)
+    per_sm = int(cfg.get("persistent2", 0))
+    if per_sm:
+        tiles = min(tiles, per_sm * _num_sms(dev))
     descs = (None, None)
     if cfg.get("tma2", False) and not a_quant:
-        descs = _tma_descriptors(h, w2, (bm, bk), (bn, bk))
+        descs = _tma_descriptors(h, w2, (bm2, bk), (bn, bk))
     _moe_gemm2_kernel[(max(tiles, 1), split_k)](
         h,
         h if a_quant else h_scale,
@@ -1773,9 +1797,10 @@ def moe_gemm2_reduce(
         SCALAR_BS=_scalar_block_scale(cfg, bn, K),
         REDUCE=reduce,
         TMA=descs[0] is not None,
-        PERSISTENT=persistent,
+        PERSISTENT=per_sm > 0,
         **_fp8_meta(w2.dtype, dev),
-        BLOCK_M=bm,
+        BLOCK_M=bm2,
+        ALIGN_M=bm,
         BLOCK_N=bn,
         BLOCK_K=bk,
         GROUP_M=cfg["group_m"],
