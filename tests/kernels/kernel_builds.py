@@ -15,6 +15,14 @@ import sys
 
 FP8 = {"FP8_MAX": 448.0, "FP8_TINY": 2.0**-6, "EXACT_ROUND": False}
 GEMM = {**FP8, "UPCAST": False, "SBN": 128, "SBK": 128, "BLOCK_K": 128}
+# GEMM2 with pointer loads, one program per tile (no tensor descriptors).
+GEMM2_POINTERS = {
+    **GEMM,
+    "TMA": False,
+    "PERSISTENT": False,
+    "a_desc": None,
+    "w_desc": None,
+}
 # Pointer element types by argument name (the rest: float32).
 GEMM_PTRS = {
     "a_ptr": "fp8e4nv",
@@ -99,16 +107,12 @@ BUILDS = {
     "gemm2-block-atomic": (
         "_moe_gemm2_kernel",
         {
-            **GEMM,
+            **GEMM2_POINTERS,
             "A_QUANT": False,
             "A_GROUP": 128,
             "W_SCALE": 2,
             "SCALAR_BS": True,
             "REDUCE": 0,
-            "TMA": False,
-            "PERSISTENT": False,
-            "a_desc": None,
-            "w_desc": None,
             "BLOCK_M": 64,
             "ALIGN_M": 64,
             "BLOCK_N": 128,
@@ -120,16 +124,12 @@ BUILDS = {
     "gemm2-tensor-buffer": (
         "_moe_gemm2_kernel",
         {
-            **GEMM,
+            **GEMM2_POINTERS,
             "A_QUANT": False,
             "A_GROUP": 128,
             "W_SCALE": 0,
             "SCALAR_BS": False,
             "REDUCE": 1,
-            "TMA": False,
-            "PERSISTENT": False,
-            "a_desc": None,
-            "w_desc": None,
             "BLOCK_M": 64,
             "ALIGN_M": 64,
             "BLOCK_N": 256,
@@ -141,16 +141,12 @@ BUILDS = {
     "gemm2-channel-direct-prologue-quant": (
         "_moe_gemm2_kernel",
         {
-            **GEMM,
+            **GEMM2_POINTERS,
             "A_QUANT": True,
             "A_GROUP": 128,
             "W_SCALE": 1,
             "SCALAR_BS": False,
             "REDUCE": 2,
-            "TMA": False,
-            "PERSISTENT": False,
-            "a_desc": None,
-            "w_desc": None,
             "BLOCK_M": 16,
             "ALIGN_M": 16,
             "BLOCK_N": 128,

@@ -1039,7 +1039,7 @@ def _moe_gemm2_kernel(
     GROUP_M: tl.constexpr,
 ):
     # Here N is the output width (hidden size) and K the reduction (intermediate).
-    # One program per used tile, or with a PERSISTENT grid (one program per SM)
+    # One program per used tile, or with a PERSISTENT grid (a few programs per SM)
     # several tiles per program, the tile loop flattened into the K loop so that
     # the next tile's loads overlap this tile's last steps and epilogue (GEMM2's
     # reduction is short: 2-16 K steps for the block-FP8 shapes). A tile loop in
