@@ -264,6 +264,29 @@ def test_pipeline_kernel_error_vs_emulating_reference(cfg, mode):
     assert rel_err(out, _ref(prob)) < FULL_TOL
 
 
+def test_gemm2_tiles_of_padding_rows_only():
+    # 8-row GEMM2 tiles of 16-row alignment blocks. Expert counts 3, 9, 17 and 1
+    # give tiles of padding rows only, tiles with one valid row among padding,
+    # and a second block holding one row.
+    prob = make_problem(
+        15, 256, 128, 4, 2, scale_mode="block", block_shape=(64, 64), seed=9
+    )
+    ids = torch.repeat_interleave(torch.arange(4), torch.tensor([3, 9, 17, 1]))
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(9))
+    prob = (*prob[:4], ids[order].reshape(15, 2).to(prob[4].dtype), *prob[5:])
+    cfg = dict(
+        tm._INTERPRETER_CONFIG,
+        quant_x=True,
+        quant_h=True,
+        reduce="buffer",
+        persistent2=2,
+        bm2=8,
+    )
+    out = _run(prob, config=cfg)
+    ref = _ref(prob, **emulated_quantisation(cfg, 256, prob[-1], torch.bfloat16))
+    assert rel_err(out, ref) < KERNEL_TOL
+
+
 @pytest.mark.parametrize("mode", ["tensor", "channel", "block"])
 def test_per_token_x_scales(mode):
     # x_per_token: one x scale per token (no per-K-step scaling) with per-tensor
