@@ -1267,16 +1267,21 @@ _LARGE_BLOCK_FP8 = dict(
 # per-step scaling with each other's tensor-core work. Whole pipeline, same
 # process, against _LARGE_BLOCK_FP8 (H100, two runs): Qwen3 M=2048 0.391 vs 0.404
 # ms, M=8192 1.059 vs 1.122 and 1.062 vs 1.099; TP8 M=8192 1.851 vs 1.942 and 1.847
-# vs 1.939 (M=2048 0.901 vs 0.838: not there); EP1 M=8192 9.20 vs 9.39 and 9.13 vs
-# 9.27.
+# vs 1.939 (M=2048 0.901 vs 0.838: see below); EP1 M=8192 9.20 vs 9.39 and 9.13
+# vs 9.27.
 _LARGE_BLOCK_FP8_TWO_PER_SM = dict(_LARGE_BLOCK_FP8, bm2=64, w2=4, persistent2=2)
+# DSV3-TP8 M=2048 (~64 rows per expert): 64-row alignment blocks, so GEMM1 runs
+# 64-row tiles too, and GEMM2 two per SM. Same process, H100, two runs: 0.790 vs
+# 0.835 and 0.790 vs 0.840 ms (_LARGE_BLOCK_FP8); 128-row blocks split in two for
+# GEMM2 gave 0.900 and 0.925. (At M=8192: 1.949 vs 1.850 ms, not there.)
+_BLOCK64_FP8_TWO_PER_SM = dict(_LARGE_BLOCK_FP8_TWO_PER_SM, block_m=64, bm2=None)
 MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
     # DeepSeek-V3 TP8 (E256, N256, hidden 7168), block FP8.
     (_H100, 256, 256, 7168): {
         7: None,
         8: {"bn1": 32, "bn2": 128, "quant_x": True, "s1": 3, "s2": 2},
         2047: None,
-        2048: _LARGE_BLOCK_FP8,
+        2048: _BLOCK64_FP8_TWO_PER_SM,
         1 << 62: _LARGE_BLOCK_FP8_TWO_PER_SM,
     },
     # DeepSeek-V3 EP1 (E256, N2048).
