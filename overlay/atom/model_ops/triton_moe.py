@@ -1308,6 +1308,18 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
         7: None,
         # tune_moe.py: 0.460 vs 0.476 ms (heuristic; AITER best 0.464).
         8: {"bn1": 128, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
+        31: None,
+        # tune_moe.py knob by knob (each 1-4 %), then together, same process, three
+        # runs: 0.505 vs 0.528-0.529 ms (heuristic; AITER best 0.516-0.517).
+        32: {
+            "bn1": 128,
+            "bn2": 128,
+            "w1": 8,
+            "s1": 5,
+            "s2": 3,
+            "quant_x": True,
+            "quant_h": True,
+        },
         127: None,
         128: {
             "block_m": 64,
