@@ -1,7 +1,9 @@
-"""The command-line linters the test extra installs next to this interpreter."""
+"""Helpers shared by the tests: the command-line linters the test extra installs
+next to this interpreter, and loading a file that is not on the path as a module."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +24,13 @@ def run(args, cwd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         args, cwd=cwd, capture_output=True, text=True, check=False, **kw
     )
+
+
+def load_file(path: Path, name: str):
+    """Execute the Python file ``path`` as module ``name`` (registered in
+    sys.modules, so that its dataclasses and pickling find it)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -9,11 +9,12 @@ its ``envs`` is a superset). Without an ATOM source it skips loudly through
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.tools import load_file
 
 FAKE_DIR = Path(__file__).resolve().parents[2] / "overlay" / "tests"
 if str(FAKE_DIR) not in sys.path:
@@ -24,14 +25,6 @@ if str(FAKE_DIR) not in sys.path:
 def patched_tree(patched_tree_for) -> Path:
     """The pin with series 1-3 applied, once a session."""
     return patched_tree_for("1-3")
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +49,10 @@ def attention_modules(pin_template, patched_tree):
                 ops = tree / "atom" / "model_ops"
                 tag = f"{label}_{'ck' if ck else 'nock'}"
                 entry[label] = {
-                    "mla": _load(
+                    "mla": load_file(
                         ops / "attention_mla.py", f"atom.model_ops.{tag}_attention_mla"
                     ),
-                    "mha": _load(
+                    "mha": load_file(
                         ops / "attention_mha.py", f"atom.model_ops.{tag}_attention_mha"
                     ),
                 }

@@ -3,12 +3,12 @@ against per-sequence references (run with ``-m gpu`` on a CUDA/ROCm machine)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.tools import load_file
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,11 +26,7 @@ def patched_tree(patched_tree_for) -> Path:
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("mla_prefill_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file(BENCH, "mla_prefill_bench")
 
 
 @pytest.fixture(scope="module")

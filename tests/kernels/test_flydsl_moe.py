@@ -14,7 +14,6 @@ in float64.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import types
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.tools import load_file
 
 MODULE_PATH = (
     Path(__file__).resolve().parents[2] / "overlay/atom/model_ops/flydsl_moe.py"
@@ -33,10 +34,7 @@ OUT_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32
 
 
 def _load_module():
-    spec = importlib.util.spec_from_file_location("flydsl_moe_under_test", MODULE_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file(MODULE_PATH, "flydsl_moe_under_test")
 
 
 @pytest.fixture

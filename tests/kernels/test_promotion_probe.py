@@ -3,9 +3,7 @@ interpreter, and how the probe reports a child that hangs or fails."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 # Read when @triton.jit runs (the probe's load) and again when the interpreter
@@ -15,16 +13,14 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
+from tests.tools import load_file
+
 PROBE = Path(__file__).resolve().parents[2] / "benchmarks" / "promotion_probe.py"
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("promotion_probe_cpu", PROBE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file(PROBE, "promotion_probe_cpu")
 
 
 @pytest.mark.parametrize("promote", [False, True], ids=["chained", "promoted"])
