@@ -36,6 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
+sys.path.insert(
+    0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "kernels")
+)
+from moe_reference import rel_err
+
 BLOCK = 128
 TOL = 1e-2  # bf16 output rounding is ~4e-3
 # name: (promoted per K step, warp-specialised)
@@ -135,10 +140,6 @@ def gemm(a, b, scale, promote: bool, ws: bool, num_programs: int):
         num_stages=4,
     )
     return out
-
-
-def rel_err(out, ref) -> float:
-    return ((out.float() - ref).norm() / ref.norm()).item()
 
 
 def measure(name: str, size: int) -> dict:
