@@ -16,11 +16,12 @@ tensor cores idle meanwhile. This probe times one persistent GEMM (M = N = K =
 * promoted: a fresh product per K step, scaled per (row, K block), added in float32;
 
 each plain and with ``tl.range(..., warp_specialize=True)``, Triton's automatic
-warp specialisation (one TMA producer and two consumer warp groups). Every variant
-runs in a child process killed after ``--ws-timeout`` seconds (a deadlocked kernel
-never returns) and is checked against a float32 reference before it is timed. The
-operands fit in L2: this measures the tensor-core side only. Writes
-``benchmarks/results/promotion_<card>.md`` (and ``.json``).
+warp specialisation (one TMA producer and two consumer warp groups, each taking
+64 rows of the tile). Every variant runs in a child process killed after
+``--ws-timeout`` seconds (a deadlocked kernel never returns) and is checked
+against a float32 reference before it is timed. The operands fit in L2: this
+measures the tensor-core side only. Writes
+``benchmarks/results/promotion_<card>_triton-<version>.md`` (and ``.json``).
 """
 
 from __future__ import annotations
@@ -54,14 +55,15 @@ VARIANTS = {
 
 @triton.jit
 def _probe_gemm_kernel(
-    a_desc,
+    a_ptr,
     scale_ptr,
-    b_desc,
+    b_ptr,
     out_ptr,
     M,
     N,
     K,
     stride_sm,
+    rows_per_tile,
     PROMOTE: tl.constexpr,
     WS: tl.constexpr,
     NUM_PROGRAMS: tl.constexpr,
@@ -70,6 +72,14 @@ def _probe_gemm_kernel(
     BLOCK_K: tl.constexpr,
 ):
     # out = (a * scale) . b^T; scale [M, K / BLOCK_K] (PROMOTE) or [M, 1].
+    # Descriptors made here, not on the host: the warp-specialisation pass splits
+    # the A tile between its two consumers and must resize A's descriptor block.
+    a_desc = tl.make_tensor_descriptor(
+        a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K]
+    )
+    b_desc = tl.make_tensor_descriptor(
+        b_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K]
+    )
     num_pid_n = N // BLOCK_N
     num_tiles = (M // BLOCK_M) * num_pid_n
     for tile in tl.range(
@@ -77,7 +87,11 @@ def _probe_gemm_kernel(
     ):
         pid_m = tile // num_pid_n
         pid_n = tile % num_pid_n
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        # rows_per_tile == BLOCK_M, but a runtime value: when the row base is the
+        # same value as A's TMA coordinate (pid_m * BLOCK_M), Triton 3.9 shifts it
+        # by 64 in the second consumer on top of the arange it already shifted,
+        # and that consumer's scales and stores land 64 rows too low.
+        offs_m = pid_m * rows_per_tile + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         scale_rows = scale_ptr + offs_m * stride_sm
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -114,21 +128,26 @@ def reference(a, b, scale):
 
 def gemm(a, b, scale, promote: bool, ws: bool, num_programs: int):
     """The probe GEMM, bf16 out; ``num_programs`` persistent programs."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     size = a.shape[0]
     out = torch.empty(size, size, dtype=torch.bfloat16, device=a.device)
     tiles = (size // BLOCK) ** 2
     programs = min(num_programs, tiles)
+    # In-kernel descriptors live in global scratch memory that Triton asks for.
+    triton.set_allocator(
+        lambda nbytes, _align, _stream: torch.empty(
+            nbytes, dtype=torch.int8, device=a.device
+        )
+    )
     _probe_gemm_kernel[(programs,)](
-        TensorDescriptor.from_tensor(a, [BLOCK, BLOCK]),
+        a,
         scale,
-        TensorDescriptor.from_tensor(b, [BLOCK, BLOCK]),
+        b,
         out,
         size,
         size,
         size,
         scale.stride(0),
+        BLOCK,
         PROMOTE=promote,
         WS=ws,
         NUM_PROGRAMS=programs,
@@ -201,6 +220,12 @@ def render(card: str, size: int, peak: float, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_stem(card: str, triton_version: str) -> str:
+    """File name of the results, less the suffix (add it as text: with_suffix()
+    would take the version's last dot for one)."""
+    return f"promotion_{card.replace(' ', '_')}_triton-{triton_version}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096)
@@ -234,9 +259,9 @@ def main(argv=None) -> int:
     table = render(card, args.size, peak, results)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"promotion_{card.replace(' ', '_')}"
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = result_stem(card, triton.__version__)
+    (out / f"{stem}.md").write_text(table)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else table)
     return 0
 

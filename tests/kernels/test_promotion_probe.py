@@ -64,3 +64,9 @@ def test_table_shows_failures_and_ratios(probe):
     assert "| promoted | ok | 0.1600 | 832 | 64 | 0.64x | 2.0e-03 |" in table
     assert "| chained, warp-specialised | did not finish in 30 s (killed) |" in table
     assert "Some GPU" in table and "1300 TFLOP/s" in table
+
+
+def test_result_files_name_card_and_triton_version(probe):
+    # Both versions' results sit side by side in benchmarks/results.
+    stem = probe.result_stem("NVIDIA H100 80GB HBM3", "3.9.0")
+    assert stem == "promotion_NVIDIA_H100_80GB_HBM3_triton-3.9.0"
