@@ -1332,14 +1332,21 @@ MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
         # A/B on the H100 (moe_bench harness): 0.800 vs 0.902 ms (heuristic) at
         # M=512; tune_moe.py: 4 stages 0.748 vs 0.798 ms (AITER best 0.732).
         512: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=8, s1=4, s2=4),
-        # tune_moe.py: GEMM2 split 2, 2.056 vs 2.137 ms (AITER best 1.942); with
-        # GEMM1's products added per K step, 4 GEMM1 stages: 1.924 vs 1.999 ms.
-        2048: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=4, s2=3, split_k2=2),
+        # tune_moe.py: 4 GEMM1 stages once GEMM1 added its products per K step,
+        # 1.924 vs 1.999 ms. GEMM2 as at M=8192 below, unsplit (the split had
+        # won with pointer loads): GEMM2 alone 0.611 vs 0.731 ms, whole pipeline
+        # 1.837 vs 1.897 ms (same process, H100, best of 4).
+        2048: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=4, s2=4, tma2=True),
         # 128-row blocks; GEMM1's two 128x128 fp32 accumulators (gate, up) plus
         # the per-K-step dot results need 16 warps to stay in registers:
         # tune_moe.py 1.966 vs 2.461 ms at M=2048 (AITER best 1.899), 7.94 vs
-        # 9.01 ms at 8192 (AITER best 7.06).
-        1 << 62: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=3, s2=3),
+        # 9.01 ms at 8192 (AITER best 7.06). GEMM2's operands through TMA, 4
+        # stages: GEMM2 alone 2.142 vs 2.433 and 2.231 vs 2.576 ms, whole
+        # pipeline 6.601 vs 6.854 and 6.688 vs 6.843 ms (same process, H100, best
+        # of 4; either change alone within 1 %).
+        1 << 62: dict(
+            _LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=3, s2=4, tma2=True
+        ),
     },
 }
 
