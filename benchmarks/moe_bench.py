@@ -80,6 +80,11 @@ FULL_TOL = 8e-2  # see tests/kernels/test_triton_moe.py for the justification
 KERNEL_TOL = 5e-3
 
 
+def card_slug(card: str) -> str:
+    """The card's name as it goes into result file names."""
+    return "".join(c if c.isalnum() else "_" for c in card).strip("_")
+
+
 def log(*a):
     print(*a, flush=True)
 
@@ -284,8 +289,7 @@ def main(argv=None):
     print(md, flush=True)
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "_" for c in card).strip("_")
-    stem = f"moe_{slug}{args.tag}"
+    stem = f"moe_{card_slug(card)}{args.tag}"
     (out_dir / f"{stem}.md").write_text(md)
     (out_dir / f"{stem}.json").write_text(
         json.dumps(

@@ -37,10 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(
-    0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "kernels")
-)
-from moe_reference import rel_err
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from moe_bench import card_slug, measure_ceilings, rel_err
 
 BLOCK = 128
 TOL = 1e-2  # bf16 output rounding is ~4e-3
@@ -224,7 +222,7 @@ def render(card: str, size: int, peak: float, results: dict) -> str:
 def result_stem(card: str, triton_version: str) -> str:
     """File name of the results, less the suffix (add it as text: with_suffix()
     would take the version's last dot for one)."""
-    return f"promotion_{card.replace(' ', '_')}_triton-{triton_version}"
+    return f"promotion_{card_slug(card)}_triton-{triton_version}"
 
 
 def main(argv=None) -> int:
@@ -240,9 +238,6 @@ def main(argv=None) -> int:
         return 0
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from moe_bench import measure_ceilings
-
     card = torch.cuda.get_device_name()
     _copy_bw, peak = measure_ceilings()
     results = {}

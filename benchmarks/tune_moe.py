@@ -160,7 +160,7 @@ def main(argv=None):
     print("# paste into MOE_CONFIGS:\n" + snippet, flush=True)
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "_" for c in card).strip("_")
+    slug = mb.card_slug(card)
     payload = json.dumps({"card": card, "tuned": tuned}, indent=1)
     (out_dir / f"tuned_{slug}.json").write_text(payload)
     (out_dir / f"tuned_{slug}.py.txt").write_text(snippet + "\n")
