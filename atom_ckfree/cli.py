@@ -1,7 +1,8 @@
 """``apply-patches``: patch an ATOM clone with the CK-free series.
 
-Exit codes: 0 success; 1 a series conflicts (nothing of it was written);
-2 bad input (wrong path, dirty tree, unknown series, missing dependency).
+Exit codes: 0 success; 1 a series conflicts or drifted (nothing of it was written);
+2 bad input (wrong path, dirty tree, unknown series, missing dependency, broken
+series files); 3 the environment failed (disk, permission, lock, git, interrupted).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from . import DEFAULT_UPSTREAM, PIN, engine, export, report, sweep, upstream, verify
-from .errors import UserError
+from .errors import CkfreeError, UserError
 from .series import load_all, select
 from .workspace import AtomTree
 
@@ -387,6 +388,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UserError as error:
+    except CkfreeError as error:
         report.error(str(error))
         return error.exit_code

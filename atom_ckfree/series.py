@@ -18,7 +18,7 @@ from pathlib import Path
 import tomlkit
 
 from .edits import FORMATS, Edit
-from .errors import UserError
+from .errors import SeriesError, UserError
 
 
 def project_root() -> Path:
@@ -30,15 +30,6 @@ def project_root() -> Path:
             "install atom-ckfree from its checkout (pip install -e .) or set ATOM_CKFREE_ROOT",
         )
     return root
-
-
-class SeriesError(UserError):
-    """The patch set itself is inconsistent: a manifest or an edits module is wrong."""
-
-    def __init__(self, what: str):
-        super().__init__(
-            what, "fix the series under patches/ (see README: Writing an edit)"
-        )
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ created at the end of its parent (``[tool.pytest.ini_options]`` after the last
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import tomlkit
-from tomlkit.items import AoT, Array, Table
+from tomlkit.items import AoT, Array, Comment, Table, Whitespace
 from tomlkit.toml_document import TOMLDocument
 
 from .base import Conflict, Edit
@@ -118,24 +119,41 @@ class SetValue(TomlEdit):
             table[self.key] = self.value
             return doc, True
         table = self.find_table(doc, create=True)
-        _add(table, self.key, _item(self.value))
-        return doc, True
+        return _add(doc, table, self.key, _item(self.value)), True
 
 
-def _add(table: Any, key: str, item: Any) -> None:
+def _add(doc: TOMLDocument, table: Any, key: str, item: Any) -> TOMLDocument:
     """Add ``key`` right after the table's last value, before the blank lines and
-    comments that lead to the next table (``Table.add`` would put it after them)."""
-    container = getattr(table, "value", table)
-    body = getattr(container, "body", [])
-    values = [
-        k.key for k, v in body if k is not None and not isinstance(v, (Table, AoT))
-    ]
-    if values:
-        container._insert_after(values[-1], key, item)
-    elif any(isinstance(v, (Table, AoT)) for _, v in body):
-        container._insert_at(0, key, item)  # values come before the sub-tables
-    else:
-        table.add(key, item)
+    comments that lead to the next table. ``Table.add`` (tomlkit's public API) puts it
+    after them, so the rendered line is moved back over them in the text, which is
+    then parsed again: tomlkit renders exactly what it parsed."""
+    before = tomlkit.dumps(doc)
+    table.add(key, item)
+    after = tomlkit.dumps(doc)
+    body = getattr(table, "value", table).body
+    index = next(i for i, (k, _) in enumerate(body) if k is not None and k.key == key)
+    gap = "".join(v.as_string() for _, v in _trivia_before(body, index))
+    if not gap:
+        return doc
+    size = len(after) - len(before)
+    # the insertion point is ambiguous only within text the new line shares with
+    # what follows it; take the one that follows the gap
+    for at in range(len(os.path.commonprefix([before, after])), -1, -1):
+        added = after[at : at + size]
+        if before[:at] + added + before[at:] == after and before[:at].endswith(gap):
+            moved = before[: at - len(gap)] + added + before[at - len(gap) :]
+            return tomlkit.parse(moved)
+    raise AssertionError(f"tomlkit did not append {key!r} after the table's trivia")
+
+
+def _trivia_before(body: list, index: int) -> list:
+    """The comments and blank lines right before ``body[index]``."""
+    found = []
+    for key, value in reversed(body[:index]):
+        if key is not None or not isinstance(value, (Comment, Whitespace)):
+            break
+        found.append((key, value))
+    return found[::-1]
 
 
 def _item(value: Any) -> Any:
@@ -179,8 +197,7 @@ class AddArrayItem(TomlEdit):
             array = tomlkit.array()
             array.append(self.item)
             array.multiline(True)
-            _add(table, self.key, array)
-            return doc, True
+            return _add(doc, table, self.key, array), True
         array = table[self.key]
         if not isinstance(array, Array):
             raise self.conflict(
