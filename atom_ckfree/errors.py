@@ -30,7 +30,9 @@ class CkfreeError(Exception):
     def __str__(self) -> str:
         if not self.detail:
             return self.line
-        return self.line + "\n" + "\n".join(f"    {d}" for d in self.detail.splitlines())
+        return (
+            self.line + "\n" + "\n".join(f"    {d}" for d in self.detail.splitlines())
+        )
 
 
 class UserError(CkfreeError):
