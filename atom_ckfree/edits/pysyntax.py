@@ -9,12 +9,12 @@ import ast
 import difflib
 import functools
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import libcst as cst
 import libcst.matchers as m
-from libcst.metadata import MetadataWrapper, PositionProvider
+from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
 from .base import Conflict
 
@@ -211,21 +211,9 @@ def matching(matcher: m.BaseMatcherNode, description: str) -> Anchor:
     return Anchor(description, lambda n: m.matches(n, matcher))
 
 
-class _Collector(cst.CSTVisitor):
-    def __init__(self, anchor: Anchor):
-        self.anchor = anchor
-        self.hits: list[cst.CSTNode] = []
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if self.anchor.test(node):
-            self.hits.append(node)
-        return True
-
-
 def find_all(scope: cst.CSTNode, anchor: Anchor) -> list[cst.CSTNode]:
-    collector = _Collector(anchor)
-    scope.visit(collector)
-    return collector.hits
+    """Every node in ``scope`` (itself included), in source order, that the anchor names."""
+    return m.findall(scope, m.MatchIfTrue(anchor.test))
 
 
 def find_one(
@@ -286,31 +274,17 @@ def _closest(scope: cst.CSTNode, code: str, cutoff: float = 0.6) -> cst.CSTNode 
     return best
 
 
-class ParentMap(cst.CSTVisitor):
-    """Parent of every node, by identity."""
-
-    def __init__(self, root: cst.CSTNode):
-        self.parent: dict[int, cst.CSTNode] = {}
-        self._stack: list[cst.CSTNode] = []
-        root.visit(self)
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if self._stack:
-            self.parent[id(node)] = self._stack[-1]
-        self._stack.append(node)
-        return True
-
-    def on_leave(self, original_node: cst.CSTNode) -> None:
-        self._stack.pop()
-
-    def of(self, node: cst.CSTNode) -> cst.CSTNode:
-        return self.parent[id(node)]
+def parents(root: cst.CSTNode) -> Mapping[cst.CSTNode, cst.CSTNode]:
+    """The parent of every node under ``root``, by LibCST's ParentNodeProvider. A scope
+    that is not a module is wrapped in one, and the wrapper keeps the nodes themselves
+    (no copy), so the map answers for the nodes the caller holds."""
+    module = root if isinstance(root, cst.Module) else cst.Module(body=[root])
+    return MetadataWrapper(module, unsafe_skip_copy=True).resolve(ParentNodeProvider)
 
 
 def enclosing_block(root: cst.CSTNode, node: cst.CSTNode) -> cst.CSTNode:
     """The Module or IndentedBlock whose ``body`` lists ``node``."""
-    parents = ParentMap(root)
-    block = parents.of(node)
+    block = parents(root)[node]
     if not isinstance(block, (cst.Module, cst.IndentedBlock)):
         raise TypeError(f"{type(node).__name__} is not a statement in a block")
     return block

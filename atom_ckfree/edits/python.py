@@ -14,7 +14,6 @@ import libcst as cst
 from .base import Conflict, Edit
 from .pysyntax import (
     Anchor,
-    ParentMap,
     code_of,
     enclosing_block,
     find_all,
@@ -22,6 +21,7 @@ from .pysyntax import (
     find_scope,
     lines_of,
     normal_form,
+    parents,
     parse_statements,
     same_code,
     statements_equal,
@@ -476,7 +476,7 @@ class WrapInCondition(PythonEdit):
 def _owner_if(root, block) -> cst.If | None:
     if isinstance(block, cst.Module):
         return None
-    owner = ParentMap(root).of(block)
+    owner = parents(root)[block]
     return owner if isinstance(owner, cst.If) and owner.body is block else None
 
 
