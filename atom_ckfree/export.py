@@ -136,6 +136,8 @@ def export(
             f"{base} is not a commit in {tree.path}",
             "give --base a commit, branch or tag",
         )
+    if push:  # before the long build, not after it
+        _check_remote(tree, push)
     if tree.changed_paths():
         raise UserError(
             f"{tree.path} has uncommitted changes",
@@ -225,6 +227,17 @@ def _build_stack(
         git(tree.path, "worktree", "prune", check=False)
         shutil.rmtree(scratch, ignore_errors=True)
     return exported
+
+
+def _check_remote(tree: AtomTree, remote: str) -> None:
+    try:
+        git(tree.path, "ls-remote", "-q", "--heads", remote)
+    except subprocess.CalledProcessError as error:
+        raise UserError(
+            f"--push {remote}: cannot reach that remote from {tree.path}",
+            "name a remote of the repository (git remote -v) or a URL",
+            error.stderr,
+        ) from error
 
 
 def _push(tree: AtomTree, remote: str, stack: list[ExportedSeries]) -> None:

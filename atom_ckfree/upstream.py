@@ -51,7 +51,11 @@ def check_intact(repo: Path) -> None:
             f"the upstream cache {repo} is corrupt",
             f"delete it (rm -rf {repo}) and rebuild it with "
             "`apply-patches checkout --upstream URL_OR_PATH DEST`",
-            error.stderr,
+            "\n".join(
+                line
+                for line in error.stderr.splitlines()
+                if not line.startswith("notice:")
+            ),
         ) from error
 
 
@@ -74,7 +78,8 @@ def update_cache(
         _git(repo, "init", "-q", "--bare")
     else:
         check_intact(repo)
-    print(f"fetching {upstream} into {repo} …", file=sys.stderr)
+    if sys.stderr.isatty():  # progress for a person, as git shows its own
+        print(f"fetching {upstream} into {repo} …", file=sys.stderr)
     try:
         _git(
             repo,

@@ -62,8 +62,11 @@ def tree_state(tree: Path) -> dict:
     return {
         "files": files,
         "index": _git(tree, "ls-files", "--stage", "-z"),
-        "index_bytes": _digest(git_dir / "index") if (git_dir / "index").exists() else None,
-        "head": _git(tree, "symbolic-ref", "-q", "HEAD") + _git(tree, "rev-parse", "HEAD"),
+        "index_bytes": (
+            _digest(git_dir / "index") if (git_dir / "index").exists() else None
+        ),
+        "head": _git(tree, "symbolic-ref", "-q", "HEAD")
+        + _git(tree, "rev-parse", "HEAD"),
         "refs": _git(tree, "for-each-ref", "--format=%(refname) %(objectname)"),
         "git_extra": sorted(p.name for p in git_dir.iterdir() if p.name not in GIT_OWN),
     }
@@ -85,7 +88,9 @@ class Run:
         return head[0]
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 120) -> Run:
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 120
+) -> Run:
     """``apply-patches ARGS`` in a subprocess with this interpreter."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "apply_patches.py"), *args],
