@@ -188,9 +188,37 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    # every input is checked before the fetch and the sweep, which take minutes
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"cannot read baseline {args.baseline}: {error}",
+                "give a report written by sweep --json",
+            ) from error
+        sweep.check_baseline(baseline, args.baseline)
+    if args.markdown and Path(args.markdown).is_dir():
+        raise UserError(
+            f"--markdown {args.markdown} is a directory", "give it a file name"
+        )
+    checks = (
+        tuple(args.checks.split(","))
+        if args.checks
+        else (("compile", "lint", "style") if args.range else verify.CHECKS)
+    )
+    unknown = set(checks) - set(verify.CHECKS)
+    if unknown:
+        raise UserError(
+            f"unknown checks {sorted(unknown)}",
+            f"choose from {','.join(verify.CHECKS)}",
+        )
     repo = upstream.cache_repo()
     if not args.offline:
-        upstream.update_cache(args.upstream or DEFAULT_UPSTREAM)
+        upstream.update_cache(
+            args.upstream or DEFAULT_UPSTREAM, required=args.upstream is not None
+        )
     if args.range:
         start, _, end = args.range.partition("..")
         ends = [upstream.resolve(start), upstream.resolve(end or "main")]
@@ -208,31 +236,6 @@ def cmd_sweep(args) -> int:
                 "fetch it (--upstream) or check --ref",
             )
         commits = [sha]
-    checks = (
-        tuple(args.checks.split(","))
-        if args.checks
-        else (("compile", "lint", "style") if args.range else verify.CHECKS)
-    )
-    unknown = set(checks) - set(verify.CHECKS)
-    if unknown:
-        raise UserError(
-            f"unknown checks {sorted(unknown)}",
-            f"choose from {','.join(verify.CHECKS)}",
-        )
-    baseline = None
-    if args.baseline:
-        try:
-            baseline = json.loads(Path(args.baseline).read_text())
-        except (OSError, ValueError) as error:
-            raise UserError(
-                f"cannot read baseline {args.baseline}: {error}",
-                "give a report written by sweep --json",
-            ) from error
-        sweep.check_baseline(baseline, args.baseline)
-    if args.markdown and Path(args.markdown).is_dir():
-        raise UserError(
-            f"--markdown {args.markdown} is a directory", "give it a file name"
-        )
     reports = sweep.sweep(
         repo,
         commits,

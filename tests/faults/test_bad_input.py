@@ -60,6 +60,15 @@ def refused(run, code: int, *names, as_json: bool = False) -> str:
     return line
 
 
+def cache_refs(cache: Path) -> str:
+    git_dir = cache / "atom.git"
+    return subprocess.run(
+        ["git", "--git-dir", str(git_dir), "for-each-ref"],
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
 def folder_state(folder: Path) -> dict:
     return {
         str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
@@ -294,30 +303,29 @@ def test_a_bad_upstream_leaves_no_checkout_and_no_origin(tmp_path, cache_copy, m
     dest = tmp_path / "dest"
     if made:
         dest.mkdir()
-    refs = subprocess.run(
-        ["git", "--git-dir", str(cache_copy / "atom.git"), "for-each-ref"],
-        capture_output=True,
-        text=True,
-    ).stdout
+    refs = cache_refs(cache_copy)
     bad = tmp_path / "no-such-atom"
-    run = run_cli(
-        "checkout",
-        str(dest),
-        "--upstream",
-        str(bad),
-        "--json",
-        env={"ATOM_CKFREE_CACHE": str(cache_copy)},
-    )
+    env = {"ATOM_CKFREE_CACHE": str(cache_copy)}
+    run = run_cli("checkout", str(dest), "--upstream", str(bad), "--json", env=env)
     refused(run, 2, bad, as_json=True)
     assert dest.exists() == made and (not made or not any(dest.iterdir()))
-    assert (
-        refs
-        == subprocess.run(
-            ["git", "--git-dir", str(cache_copy / "atom.git"), "for-each-ref"],
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    assert cache_refs(cache_copy) == refs
+
+
+def test_a_sweep_with_a_bad_upstream_stops_before_sweeping(tmp_path, cache_copy):
+    refs = cache_refs(cache_copy)
+    bad = tmp_path / "no-such-atom"
+    env = {"ATOM_CKFREE_CACHE": str(cache_copy)}
+    run = run_cli("sweep", "--upstream", str(bad), "--checks", "compile", env=env)
+    refused(run, 2, bad)
+    assert "sweep 1/1" not in run.err and cache_refs(cache_copy) == refs
+
+
+def test_unknown_checks_are_refused_before_the_fetch(tmp_path):
+    env = {"ATOM_CKFREE_CACHE": str(tmp_path / "cache")}
+    run = run_cli("sweep", "--checks", "compile,speed", "--json", env=env)
+    refused(run, 2, "speed", as_json=True)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_checkout_into_a_file_is_refused(tmp_path):
