@@ -185,8 +185,8 @@ def export(
         )
         if push:
             _push(tree, push, list(exported.values()))
-    except BaseException:
-        _restore_branches(tree, before)
+    except BaseException as error:
+        _restore_branches(tree, before, error)
         raise
     return list(exported.values())
 
@@ -254,24 +254,29 @@ def _push(tree: AtomTree, remote: str, stack: list[ExportedSeries]) -> None:
         ) from error
 
 
-def _restore_branches(tree: AtomTree, before: dict[str, str | None]) -> None:
-    """Put every export branch back where it was before this run (deleting the new)."""
+def _restore_branches(
+    tree: AtomTree, before: dict[str, str | None], cause: BaseException
+) -> None:
+    """Put every export branch back where it was before this run (deleting the new);
+    what cannot be put back is named with the command that does it."""
     left = []
     for ref, old in before.items():
         now = git(tree.path, "rev-parse", "--verify", "-q", ref, check=False) or None
         if now == old:
             continue
-        args = ("update-ref", ref, old) if old else ("update-ref", "-d", ref)
-        if subprocess.run(
-            ["git", *args], cwd=tree.path, capture_output=True
-        ).returncode:
-            left.append(ref.removeprefix("refs/heads/"))
+        try:
+            git(tree.path, "update-ref", *((ref, old) if old else ("-d", ref)))
+        except subprocess.CalledProcessError:
+            name = ref.removeprefix("refs/heads/")
+            left.append(
+                f"git branch -f {name} {old}" if old else f"git branch -D {name}"
+            )
     if left:
         raise FaultError(
-            f"export failed and could not put back the branches {', '.join(left)} "
-            f"in {tree.path}",
-            f"delete them: git -C {tree.path} branch -D {' '.join(left)}",
-        )
+            f"export failed and could not put back {len(left)} branches in {tree.path}",
+            f"run there: {' && '.join(left)}",
+            str(cause),
+        ) from cause
 
 
 def _build(
