@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 from rich.markup import escape
 
 from . import DEFAULT_UPSTREAM, PIN, engine, export, report, sweep, upstream, verify
-from .errors import CkfreeError, UserError
+from .errors import CkfreeError, FaultError, UserError
 from .series import load_all, select
 from .workspace import AtomTree
 
 
 def _warn_if_not_pin(tree: AtomTree) -> str:
     head = tree.head()
-    if head != PIN:
+    # the pin with the tool's own series commits on top (apply --commit) is the pin
+    if head != PIN and export.below_series_commits(tree.path, head)[0] != PIN:
         report.warn(
             f"{tree.path} is at {head[:12]}, not the pin {PIN[:12]}; "
             "the series were written against the pin and may conflict"
@@ -75,7 +77,7 @@ def cmd_status(args) -> int:
         )
     else:
         report.show_status(plans)
-    return 0
+    return 1 if any(p.state == "conflicting" for p in plans) else 0
 
 
 def cmd_apply(args) -> int:
@@ -186,9 +188,37 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    # every input is checked before the fetch and the sweep, which take minutes
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"cannot read baseline {args.baseline}: {error}",
+                "give a report written by sweep --json",
+            ) from error
+        sweep.check_baseline(baseline, args.baseline)
+    if args.markdown and Path(args.markdown).is_dir():
+        raise UserError(
+            f"--markdown {args.markdown} is a directory", "give it a file name"
+        )
+    checks = (
+        tuple(args.checks.split(","))
+        if args.checks
+        else (("compile", "lint", "style") if args.range else verify.CHECKS)
+    )
+    unknown = set(checks) - set(verify.CHECKS)
+    if unknown:
+        raise UserError(
+            f"unknown checks {sorted(unknown)}",
+            f"choose from {','.join(verify.CHECKS)}",
+        )
     repo = upstream.cache_repo()
     if not args.offline:
-        upstream.update_cache(args.upstream or DEFAULT_UPSTREAM)
+        upstream.update_cache(
+            args.upstream or DEFAULT_UPSTREAM, required=args.upstream is not None
+        )
     if args.range:
         start, _, end = args.range.partition("..")
         ends = [upstream.resolve(start), upstream.resolve(end or "main")]
@@ -206,26 +236,6 @@ def cmd_sweep(args) -> int:
                 "fetch it (--upstream) or check --ref",
             )
         commits = [sha]
-    checks = (
-        tuple(args.checks.split(","))
-        if args.checks
-        else (("compile", "lint", "style") if args.range else verify.CHECKS)
-    )
-    unknown = set(checks) - set(verify.CHECKS)
-    if unknown:
-        raise UserError(
-            f"unknown checks {sorted(unknown)}",
-            f"choose from {','.join(verify.CHECKS)}",
-        )
-    baseline = None
-    if args.baseline:
-        try:
-            baseline = json.loads(Path(args.baseline).read_text())
-        except (OSError, ValueError) as error:
-            raise UserError(
-                f"cannot read baseline {args.baseline}: {error}",
-                "give a report written by sweep --json",
-            ) from error
     reports = sweep.sweep(
         repo,
         commits,
@@ -254,8 +264,21 @@ def cmd_sweep(args) -> int:
     return 0 if all(v.verdict in sweep.GOOD for v in reports[-1].verdicts) else 1
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one error line, like every error."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}", f"see {self.prog} --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="apply-patches",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -365,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--every",
-        type=int,
+        type=_positive,
         default=25,
         help="with --range: every Nth commit (default 25)",
     )
@@ -385,9 +408,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        return args.func(args)
+        try:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+        except subprocess.CalledProcessError as error:
+            raise FaultError(
+                f"`{' '.join(error.cmd[:2])}` failed unexpectedly (exit {error.returncode})",
+                "check the repository and the disk, then run again",
+                error.stderr,
+            ) from error
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            raise FaultError(
+                f"{error.strerror or error}{where}",
+                "check that path, the disk and the permissions, then run again",
+            ) from error
+        except KeyboardInterrupt as error:
+            raise FaultError(
+                "interrupted",
+                "run the command again; `apply-patches status` shows the tree's state",
+            ) from error
     except CkfreeError as error:
         report.error(str(error))
+        if "--json" in argv:
+            report.print_json(error.data())
         return error.exit_code

@@ -209,8 +209,23 @@ def _check_dependencies(selected: list[Series], current: dict[int, SeriesPlan]) 
                 raise UserError(
                     f"series {series.number} ({series.slug}) needs series {dep}, "
                     f"which is {current[dep].state} in this tree",
-                    f"add it: --series {','.join(str(n) for n in sorted(chosen | {dep}))}",
+                    f"add what it needs: --series {','.join(map(str, _needed(chosen, current)))}",
                 )
+
+
+def _needed(chosen: set[int], current: dict[int, SeriesPlan]) -> list[int]:
+    """``chosen`` and every dependency, direct or not, that the tree does not have."""
+    needed, todo = set(), list(chosen)
+    while todo:
+        number = todo.pop()
+        if number not in needed:
+            needed.add(number)
+            todo += [
+                d
+                for d in current[number].series.depends_on
+                if current[d].state != "applied"
+            ]
+    return sorted(needed)
 
 
 def _check_clean(tree: AtomTree, current: dict[int, SeriesPlan]) -> None:

@@ -27,6 +27,13 @@ class CkfreeError(Exception):
         """The one line: what happened and where — what to do."""
         return f"{self.what} — {self.fix}" if self.fix else self.what
 
+    def data(self) -> dict:
+        """The error as ``--json`` prints it on stdout."""
+        data = {"error": self.what, "fix": self.fix, "exit_code": self.exit_code}
+        if self.detail:
+            data["detail"] = self.detail
+        return data
+
     def __str__(self) -> str:
         if not self.detail:
             return self.line

@@ -10,15 +10,17 @@ and a changed series moves exactly its own branch and those stacked on it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import engine
-from .errors import UserError
+from .errors import FaultError, UserError
 from .series import Series
 from .workspace import AtomTree, git
 
@@ -90,6 +92,24 @@ def _resolve_placeholders(text: str, by_number: dict[int, Series]) -> str:
     return text
 
 
+# the subject ``apply --commit`` gives each series commit: ``[CK-free N/TOTAL] title``
+SERIES_SUBJECT = re.compile(r"\[CK-free \d+/\d+\] ")
+
+
+def below_series_commits(path: Path, rev: str) -> tuple[str, int]:
+    """The first commit at or below ``rev`` (first-parent) that is not a series commit
+    made by ``apply --commit``, and how many series commits lie above it."""
+    log = git(path, "log", "--first-parent", "-n", "100", "--format=%H %s", rev)
+    for skipped, line in enumerate(log.splitlines()):
+        sha, _, subject = line.partition(" ")
+        if not SERIES_SUBJECT.match(subject):
+            return sha, skipped
+    raise UserError(
+        f"{rev} in {path} is only series commits, no upstream commit below them",
+        "give --base the upstream commit the stack should start from",
+    )
+
+
 def export(
     tree: AtomTree,
     selected: list[Series],
@@ -102,14 +122,22 @@ def export(
     progress: Callable[[Series], None] = lambda s: None,
 ) -> list[ExportedSeries]:
     by_number = {s.number: s for s in all_series}
+    out = Path(out).expanduser().resolve()  # against the caller's cwd, not the worktree
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"--out {out} is a file, not a directory",
+            "give --out a new or existing folder",
+        )
     base_sha = git(
-        tree.path, "rev-parse", "--verify", f"{base}^{{commit}}", check=False
+        tree.path, "rev-parse", "--verify", "-q", f"{base}^{{commit}}", check=False
     )
     if not base_sha:
         raise UserError(
             f"{base} is not a commit in {tree.path}",
             "give --base a commit, branch or tag",
         )
+    if push:  # before the long build, not after it
+        _check_remote(tree, push)
     if tree.changed_paths():
         raise UserError(
             f"{tree.path} has uncommitted changes",
@@ -123,21 +151,65 @@ def export(
                 f"series {s.number} stacks on series {missing}, which are not exported",
                 "export the whole stack (--series all) or add them",
             )
-    out.mkdir(parents=True, exist_ok=True)
+    # a tree patched with `apply --commit` carries the series: stack from below them
+    base_sha, skipped = below_series_commits(tree.path, base_sha)
+    if skipped:
+        print(
+            f"note: {base} carries {skipped} series commits (apply --commit); the stack "
+            f"starts below them at {base_sha[:12]} (--base picks another)",
+            file=sys.stderr,
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"--out {out}: cannot create it ({error.strerror})",
+            "give --out a folder that can be made",
+        ) from error
+    branches = [f"refs/heads/{branch_name(s)}" for s in selected]
+    before = {
+        ref: git(tree.path, "rev-parse", "--verify", "-q", ref, check=False) or None
+        for ref in branches
+    }
+    try:
+        exported = _build_stack(
+            tree,
+            selected,
+            all_series,
+            by_number,
+            base_sha,
+            pr_base,
+            out,
+            author,
+            progress,
+        )
+        if push:
+            _push(tree, push, list(exported.values()))
+    except BaseException as error:
+        _restore_branches(tree, before, error)
+        raise
+    return list(exported.values())
+
+
+def _build_stack(
+    tree, selected, all_series, by_number, base_sha, pr_base, out, author, progress
+) -> dict[int, ExportedSeries]:
+    """Every selected series' branch, built in a temporary worktree that is always
+    removed again."""
     scratch = Path(tempfile.mkdtemp(prefix="ckfree-export-"))
     work = scratch / "tree"
-    git(tree.path, "worktree", "add", "-q", "--detach", str(work), base_sha)
-    date = git(tree.path, "log", "-1", "--format=%cI", base_sha)
-    identity = {
-        "GIT_AUTHOR_NAME": author[0],
-        "GIT_AUTHOR_EMAIL": author[1],
-        "GIT_COMMITTER_NAME": author[0],
-        "GIT_COMMITTER_EMAIL": author[1],
-        "GIT_AUTHOR_DATE": date,
-        "GIT_COMMITTER_DATE": date,
-    }
     exported: dict[int, ExportedSeries] = {}
     try:
+        git(tree.path, "worktree", "add", "-q", "--detach", str(work), base_sha)
+        date = git(tree.path, "log", "-1", "--format=%cI", base_sha)
+        identity = {
+            "GIT_AUTHOR_NAME": author[0],
+            "GIT_AUTHOR_EMAIL": author[1],
+            "GIT_COMMITTER_NAME": author[0],
+            "GIT_COMMITTER_EMAIL": author[1],
+            "GIT_AUTHOR_DATE": date,
+            "GIT_COMMITTER_DATE": date,
+        }
         for series in selected:
             progress(series)
             exported[series.number] = _build(
@@ -152,17 +224,59 @@ def export(
             )
     finally:
         git(tree.path, "worktree", "remove", "--force", str(work), check=False)
+        git(tree.path, "worktree", "prune", check=False)
         shutil.rmtree(scratch, ignore_errors=True)
-    if push:
-        refs = [f"{e.branch}:refs/heads/{e.branch}" for e in exported.values()]
+    return exported
+
+
+def _check_remote(tree: AtomTree, remote: str) -> None:
+    try:
+        git(tree.path, "ls-remote", "-q", "--heads", remote)
+    except subprocess.CalledProcessError as error:
+        raise UserError(
+            f"--push {remote}: cannot reach that remote from {tree.path}",
+            "name a remote of the repository (git remote -v) or a URL",
+            error.stderr,
+        ) from error
+
+
+def _push(tree: AtomTree, remote: str, stack: list[ExportedSeries]) -> None:
+    # --atomic: the remote takes every branch or none, so a failure leaves it as it was
+    refs = [f"{e.branch}:refs/heads/{e.branch}" for e in stack]
+    try:
+        git(tree.path, "push", "--atomic", "--force-with-lease", "-q", remote, *refs)
+    except subprocess.CalledProcessError as error:
+        raise UserError(
+            f"push to {remote} failed; nothing was pushed and the local branches "
+            "were put back",
+            "check the remote (git remote -v) and its branches, then export again",
+            error.stderr,
+        ) from error
+
+
+def _restore_branches(
+    tree: AtomTree, before: dict[str, str | None], cause: BaseException
+) -> None:
+    """Put every export branch back where it was before this run (deleting the new);
+    what cannot be put back is named with the command that does it."""
+    left = []
+    for ref, old in before.items():
+        now = git(tree.path, "rev-parse", "--verify", "-q", ref, check=False) or None
+        if now == old:
+            continue
         try:
-            git(tree.path, "push", "--force-with-lease", "-q", push, *refs)
-        except subprocess.CalledProcessError as error:
-            raise UserError(
-                f"push to {push} failed: {error.stderr.strip()}",
-                "check the remote and its branches",
-            ) from error
-    return list(exported.values())
+            git(tree.path, "update-ref", *((ref, old) if old else ("-d", ref)))
+        except subprocess.CalledProcessError:
+            name = ref.removeprefix("refs/heads/")
+            left.append(
+                f"git branch -f {name} {old}" if old else f"git branch -D {name}"
+            )
+    if left:
+        raise FaultError(
+            f"export failed and could not put back {len(left)} branches in {tree.path}",
+            f"run there: {' && '.join(left)}",
+            str(cause),
+        ) from cause
 
 
 def _build(
@@ -182,6 +296,12 @@ def _build(
         raise UserError(
             f"series {bad[0].series.number} does not apply on {start[:12]} ({bad[0].outcome})",
             "run `apply-patches status` on that commit to see the conflict",
+        )
+    if results[-1].outcome == "already applied":
+        raise UserError(
+            f"series {series.number} is already in {start[:12]}, so its branch would "
+            "carry nothing",
+            "export from a commit without the series: --base COMMIT",
         )
     commit = work.head()
     branch = branch_name(series)

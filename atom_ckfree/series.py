@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import traceback
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import tomlkit
+import tomlkit.exceptions
 
 from .edits import FORMATS, Edit
 from .errors import SeriesError, UserError
@@ -61,23 +63,103 @@ class Series:
         loaded = {}
         for target, module_file in self.edit_modules.items():
             path = self.folder / module_file
-            spec = importlib.util.spec_from_file_location(
-                f"atom_ckfree_series.s{self.number:02d}.{path.stem}", path
+            edits = _load_edits(
+                path, f"atom_ckfree_series.s{self.number:02d}.{path.stem}"
             )
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            edits = list(module.EDITS)
             formats = {e.format for e in edits}
             if len(formats) != 1 or formats - set(FORMATS):
                 raise SeriesError(
-                    f"{path}: edits of one known format expected, got {formats}"
+                    f"{path}: edits of one known format expected, got {sorted(formats)}"
                 )
             loaded[target] = edits
         return loaded
 
 
+def _load_edits(path: Path, name: str) -> list[Edit]:
+    """The ``EDITS`` of one module; a module that does not run is the author's error,
+    reported at its file and line."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise SeriesError(
+            f"{error.filename}:{error.lineno}: syntax error in an edits module: {error.msg}"
+        ) from error
+    except Exception as error:  # whatever the author's code raised
+        frames = [
+            f
+            for f in traceback.extract_tb(error.__traceback__)
+            if f.filename == str(path)
+        ]
+        where = f"{path}:{frames[-1].lineno}" if frames else str(path)
+        raise SeriesError(
+            f"{where}: the edits module fails to load: {type(error).__name__}: {error}"
+        ) from error
+    edits = getattr(module, "EDITS", None)
+    if not isinstance(edits, (list, tuple)) or not all(
+        isinstance(e, Edit) for e in edits
+    ):
+        raise SeriesError(f"{path}: EDITS must be a list of edits")
+    if not edits:
+        raise SeriesError(f"{path}: EDITS is empty")
+    return list(edits)
+
+
+# series.toml: key → (its type, the type of its items or values, required)
+_MANIFEST = {
+    "number": (int, None, True),
+    "slug": (str, None, True),
+    "title": (str, None, True),
+    "description": (str, None, True),
+    "depends_on": (list, int, False),
+    "overlay": (list, str, False),
+    "edits": (dict, str, False),
+}
+
+
+def _read_manifest(manifest: Path) -> dict:
+    """``series.toml`` as a dict whose keys and types were checked, or a SeriesError
+    naming the file, the line or the key."""
+    try:
+        data = tomlkit.parse(manifest.read_text()).unwrap()
+    except tomlkit.exceptions.ParseError as error:
+        raise SeriesError(
+            f"{manifest}:{error.line}: not valid TOML: {error}"
+        ) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise SeriesError(f"{manifest}: cannot read it: {error}") from error
+    for key, (kind, item, required) in _MANIFEST.items():
+        if key not in data:
+            if required:
+                raise SeriesError(f"{manifest}: the key {key!r} is missing")
+            continue
+        value = data[key]
+        items = value.values() if isinstance(value, dict) else value
+        if (
+            not isinstance(value, kind)
+            or isinstance(value, bool)
+            or (
+                item
+                and not all(
+                    isinstance(v, item) and not isinstance(v, bool) for v in items
+                )
+            )
+        ):
+            wanted = kind.__name__ + (f" of {item.__name__}" if item else "")
+            raise SeriesError(
+                f"{manifest}: {key!r} must be a {wanted}, got {_shown(value)}"
+            )
+    return data
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def load_series(folder: Path) -> Series:
-    data = tomlkit.parse((folder / "series.toml").read_text()).unwrap()
+    data = _read_manifest(folder / "series.toml")
     series = Series(
         number=data["number"],
         slug=data["slug"],
@@ -111,11 +193,15 @@ def load_all(root: Path | None = None) -> list[Series]:
     )
     numbers = [s.number for s in found]
     if numbers != list(range(1, len(found) + 1)):
-        raise SeriesError(f"series numbers must run 1..N without gaps, got {numbers}")
+        raise SeriesError(
+            f"{root / 'patches'}: series numbers must run 1..N without gaps, got {numbers}"
+        )
     for s in found:
-        bad = [d for d in s.depends_on if d >= s.number]
+        bad = [d for d in s.depends_on if not 1 <= d < s.number]
         if bad:
-            raise SeriesError(f"series {s.number} depends on later series {bad}")
+            raise SeriesError(
+                f"{s.folder / 'series.toml'}: depends_on {bad} names no earlier series"
+            )
     return found
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import engine, verify
+from .errors import UserError
 from .series import Series
 from .workspace import AtomTree, git
 
@@ -325,6 +326,23 @@ def survival(reports: list[CommitReport]) -> list[dict]:
             }
         )
     return rows
+
+
+def check_baseline(data, source: str) -> None:
+    """Refuse, before any sweep runs, a baseline that ``worse_than`` cannot read."""
+    try:
+        rows = data["commits"][-1]["series"]
+        readable = bool(rows) and all(
+            isinstance(row["series"], int) and row["verdict"] in RANK for row in rows
+        )
+    except (KeyError, IndexError, TypeError):
+        readable = False
+    if not readable:
+        raise UserError(
+            f"{source} is not a sweep report: no commits[-1].series with a series "
+            "number and a verdict each",
+            "give --baseline a file written by `apply-patches sweep --json`",
+        )
 
 
 def worse_than(reports: list[CommitReport], baseline: dict) -> list[str]:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import DEFAULT_UPSTREAM, PIN
-from .errors import UserError
+from .errors import FaultError, UserError
 from .workspace import git
 
 CHECKOUT_BRANCH = "ck-free-base"
@@ -26,7 +26,37 @@ def cache_repo() -> Path:
     root = Path(
         os.environ.get("ATOM_CKFREE_CACHE", Path.home() / ".cache" / "atom-ckfree")
     )
-    return root / "atom.git"
+    repo = root / "atom.git"
+    for path in (root, repo):
+        if path.exists() and not path.is_dir():
+            raise UserError(
+                f"the upstream cache {path} is not a directory",
+                "remove that file, or point ATOM_CKFREE_CACHE at a directory",
+            )
+    return repo
+
+
+def _git(repo: Path, *args: str, check: bool = True) -> str:
+    """git on the cache itself (never on a repository around it, if it is broken)."""
+    return git(repo, f"--git-dir={repo}", *args, check=check)
+
+
+def check_intact(repo: Path) -> None:
+    """Raise when the cache is corrupt, so that a broken cache is never reported as a
+    failed fetch or a missing commit."""
+    try:
+        _git(repo, "fsck", "--connectivity-only", "--no-dangling")
+    except subprocess.CalledProcessError as error:
+        raise FaultError(
+            f"the upstream cache {repo} is corrupt",
+            f"delete it (rm -rf {repo}) and rebuild it with "
+            "`apply-patches checkout --upstream URL_OR_PATH DEST`",
+            "\n".join(
+                line
+                for line in error.stderr.splitlines()
+                if not line.startswith("notice:")
+            ),
+        ) from error
 
 
 def _location(upstream: str) -> str:
@@ -34,17 +64,24 @@ def _location(upstream: str) -> str:
     return str(path.resolve()) if path.exists() else upstream
 
 
-def update_cache(upstream: str = DEFAULT_UPSTREAM, branch: str = "main") -> Path:
-    """Fetch ``upstream``'s ``branch`` and tags into the cache; a failed fetch is fatal
-    only when the cache has nothing yet. (Only what is asked for: a fork's hundreds of
+def update_cache(
+    upstream: str = DEFAULT_UPSTREAM, branch: str = "main", required: bool = False
+) -> Path:
+    """Fetch ``upstream``'s ``branch`` and tags into the cache. A failed fetch is fatal
+    when ``required`` (the user named this upstream) or when the cache has nothing yet;
+    otherwise the cache is used as it is. (Only what is asked for: a fork's hundreds of
     topic branches are not worth the download.)"""
     repo = cache_repo()
-    if not (repo / "HEAD").exists():
+    created = not (repo / "HEAD").exists()
+    if created:
         repo.mkdir(parents=True, exist_ok=True)
-        git(repo, "init", "-q", "--bare")
-    print(f"fetching {upstream} into {repo} …", file=sys.stderr)
+        _git(repo, "init", "-q", "--bare")
+    else:
+        check_intact(repo)
+    if sys.stderr.isatty():  # progress for a person, as git shows its own
+        print(f"fetching {upstream} into {repo} …", file=sys.stderr)
     try:
-        git(
+        _git(
             repo,
             "fetch",
             "-q",
@@ -54,14 +91,17 @@ def update_cache(upstream: str = DEFAULT_UPSTREAM, branch: str = "main") -> Path
             "+refs/tags/*:refs/tags/*",
         )
     except subprocess.CalledProcessError as error:
-        if not git(repo, "for-each-ref", "--count=1", check=False):
-            reason = (error.stderr or "").strip().splitlines() or [str(error)]
+        if required or created:
+            if created:
+                shutil.rmtree(repo, ignore_errors=True)
             raise UserError(
-                f"cannot fetch {upstream}: {reason[-1]}",
+                f"cannot fetch branch {branch} of {upstream}",
                 "check the URL or path (--upstream), or the network",
+                error.stderr,
             ) from error
         print(
-            f"warning: fetch failed; using the cached copy in {repo}", file=sys.stderr
+            f"warning: fetch of {upstream} failed; using the cached copy in {repo}",
+            file=sys.stderr,
         )
     return repo
 
@@ -70,20 +110,32 @@ def resolve(ref: str, repo: Path | None = None) -> str | None:
     repo = repo or cache_repo()
     if not (repo / "HEAD").exists():
         return None
-    sha = git(repo, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+    sha = _git(repo, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+    if not sha:
+        check_intact(repo)  # a missing commit, or a broken cache?
     return sha or None
 
 
 def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
-    """A clean ATOM work tree at ``ref`` in ``dest`` (new or empty), on branch ``ck-free-base``."""
+    """A clean ATOM work tree at ``ref`` in ``dest`` (new or empty), on branch
+    ``ck-free-base``; on any failure ``dest`` is left as it was."""
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if dest.exists() and not dest.is_dir():
+        raise UserError(
+            f"{dest} exists and is not a directory",
+            "choose a new directory for the checkout",
+        )
+    if dest.exists() and any(dest.iterdir()):
         raise UserError(
             f"{dest} exists and is not empty", "choose a new directory for the checkout"
         )
     pinned = re.fullmatch(r"[0-9a-f]{40}", ref) is not None
     if upstream is not None or not pinned or resolve(ref) is None:
-        update_cache(upstream or DEFAULT_UPSTREAM, "main" if pinned else ref)
+        update_cache(
+            upstream or DEFAULT_UPSTREAM,
+            "main" if pinned else ref,
+            required=upstream is not None,
+        )
     sha = resolve(ref)
     if sha is None:
         raise UserError(
@@ -94,11 +146,23 @@ def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
     try:
         git(Path.cwd(), "clone", "-q", "--no-checkout", str(cache_repo()), str(dest))
         git(dest, "checkout", "-q", "-B", CHECKOUT_BRANCH, sha)
-        git(dest, "remote", "set-url", "origin", upstream or DEFAULT_UPSTREAM)
-    except subprocess.CalledProcessError as error:
+        git(
+            dest, "remote", "set-url", "origin", _location(upstream or DEFAULT_UPSTREAM)
+        )
+    except BaseException as error:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
-        raise UserError(
-            f"git clone into {dest} failed: {error.stderr.strip()}", "see git's message"
-        ) from error
+        else:  # it was an empty directory: empty it again
+            for child in dest.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        if isinstance(error, subprocess.CalledProcessError):
+            raise FaultError(
+                f"git clone into {dest} failed and was undone",
+                "check the disk and permissions there, then run checkout again",
+                error.stderr,
+            ) from error
+        raise
     return sha

@@ -6,6 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import tomlkit
+import tomlkit.exceptions
+
 from .errors import UserError
 
 
@@ -30,30 +33,62 @@ def git(
     return result.stdout.strip() if strip else result.stdout
 
 
+# What makes a tree ATOM's, by content: the [project] name in its pyproject.toml, and
+# paths of ATOM's package that every ATOM commit the series target has.
+ATOM_PROJECT = "atom"
+ATOM_PATHS = ("pyproject.toml", "atom/__init__.py", "atom/model_engine")
+
+
+def _project_name(pyproject: Path) -> str | None:
+    """``[project] name`` of a pyproject.toml; None when it has none or is unreadable."""
+    try:
+        project = tomlkit.parse(pyproject.read_text()).get("project", {})
+    except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+        return None
+    name = project.get("name") if isinstance(project, dict) else None
+    return str(name) if name is not None else None
+
+
 class AtomTree:
-    """A git work tree whose top holds ATOM (``atom/`` package, project ``atom``)."""
+    """A git work tree whose top holds ATOM (project ``atom``, its known modules)."""
 
     def __init__(self, path: Path | str, commit_env: dict | None = None):
         self.path = Path(path).resolve()
         self.commit_env = commit_env  # e.g. a fixed identity and date for exports
+        fix = (
+            "point --atom at a clone of github.com/ROCm/ATOM, or make one with "
+            "`apply-patches checkout DEST`"
+        )
+        if not self.path.exists():
+            raise UserError(f"{path}: no such directory", fix)
         if not self.path.is_dir():
+            raise UserError(f"{path}: not a directory", fix)
+        missing = [m for m in ATOM_PATHS if not (self.path / m).exists()]
+        if missing:
             raise UserError(
-                f"{path}: no such directory", "give --atom the path of an ATOM clone"
+                f"{path} is not an ATOM source tree (no {', '.join(missing)})", fix
             )
-        if (
-            not (self.path / "atom" / "__init__.py").is_file()
-            or not (self.path / "pyproject.toml").is_file()
-        ):
+        name = _project_name(self.path / "pyproject.toml")
+        if name != ATOM_PROJECT:
+            found = (
+                f"names project {name!r}, not {ATOM_PROJECT!r}"
+                if name
+                else "has no [project] name"
+            )
             raise UserError(
-                f"{path} is not an ATOM source tree (no atom/__init__.py and pyproject.toml)",
-                "point --atom at a clone of github.com/ROCm/ATOM, or make one with "
-                "`apply-patches checkout DEST`",
+                f"{path} is not an ATOM source tree: its pyproject.toml {found}", fix
             )
         top = git(self.path, "rev-parse", "--show-toplevel", check=False)
         if not top or Path(top).resolve() != self.path:
             raise UserError(
                 f"{path} is not the top of a git work tree",
                 "use a git clone of ATOM (the tool needs git for status and commits)",
+            )
+        if not git(self.path, "rev-parse", "--verify", "-q", "HEAD", check=False):
+            raise UserError(
+                f"{path} has no commit yet",
+                "check out an ATOM commit first (git checkout, or "
+                "`apply-patches checkout DEST`)",
             )
 
     def head(self) -> str:

@@ -80,8 +80,9 @@ def project(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def atom(tmp_path) -> Path:
     tree = tmp_path / "atom-tree"
-    (tree / "atom").mkdir(parents=True)
+    (tree / "atom" / "model_engine").mkdir(parents=True)
     (tree / "atom" / "__init__.py").write_text("")
+    (tree / "atom" / "model_engine" / "__init__.py").write_text("")
     (tree / "atom" / "engine.py").write_text(MODULE)
     (tree / "pyproject.toml").write_text('[project]\nname = "atom"\n')
     git(tree, "init", "-q")

@@ -94,6 +94,28 @@ def test_missing_dependency_is_refused_before_anything_changes(project, atom, ca
     assert snapshot(atom) == before
 
 
+def test_status_exits_1_when_a_series_conflicts(project, atom, capsys):
+    (atom / "atom" / "extra.py").write_text("MINE = 1\n")
+    before = snapshot(atom)
+    code, out, _ = cli(capsys, "status", "--atom", str(atom), "--json")
+    assert code == 1
+    assert json.loads(out)["series"][0]["state"] == "conflicting"
+    assert snapshot(atom) == before
+
+
+def test_the_tools_own_commits_on_the_pin_are_not_warned_about(
+    project, atom, capsys, monkeypatch
+):
+    monkeypatch.setattr("atom_ckfree.cli.PIN", git(atom, "rev-parse", "HEAD").strip())
+    assert cli(capsys, "apply", "--atom", str(atom), "--commit")[0] == 0
+    for verb in ("status", "apply"):
+        code, _, err = cli(capsys, verb, "--atom", str(atom))
+        assert code == 0 and "not the pin" not in err, err
+    git(atom, "commit", "-q", "--allow-empty", "-m", "someone else's commit")
+    _, _, err = cli(capsys, "status", "--atom", str(atom))
+    assert "not the pin" in err
+
+
 def test_dependency_already_applied_is_enough(project, atom, capsys):
     cli(capsys, "apply", "--atom", str(atom), "--series", "1")
     code, _, _ = cli(capsys, "apply", "--atom", str(atom), "--series", "2")
