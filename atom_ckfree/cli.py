@@ -33,30 +33,9 @@ def _warn_if_not_pin(tree: AtomTree) -> str:
 def cmd_list(args) -> int:
     series = load_all()
     if args.json:
-        report.print_json(
-            [
-                {
-                    "series": s.number,
-                    "name": s.name,
-                    "title": s.title,
-                    "depends_on": list(s.depends_on),
-                    "edits": list(s.edit_modules),
-                    "overlay": list(s.overlay),
-                }
-                for s in series
-            ]
-        )
-        return 0
-    table = report.table("#", "series", "depends on", "files", "title")
-    for s in series:
-        table.add_row(
-            str(s.number),
-            s.slug,
-            ",".join(map(str, s.depends_on)) or "-",
-            str(len(s.files)),
-            s.title,
-        )
-    report.console.print(table)
+        report.print_json([report.series_data(s) for s in series])
+    else:
+        report.show_list(series)
     return 0
 
 

@@ -6,11 +6,12 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
 from .engine import SeriesPlan, SeriesResult, Unit
+from .series import Series
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -96,6 +97,38 @@ def table(*columns: str) -> Table:
 
 def _styled(word: str) -> str:
     return f"[{_STYLE.get(word, '')}]{word}[/]" if word in _STYLE else word
+
+
+def series_data(series: Series) -> dict[str, Any]:
+    return {
+        "series": series.number,
+        "name": series.name,
+        "title": series.title,
+        "depends_on": list(series.depends_on),
+        "files": list(series.files),
+        "edits": list(series.edit_modules),
+        "overlay": list(series.overlay),
+        "tests": {"atom": list(series.atom_tests), "ckfree": list(series.ckfree_tests)},
+    }
+
+
+def show_list(all_series: list[Series]) -> None:
+    """Each series with its title and, under it, the ATOM files it edits and adds."""
+    grid = table("#", "series", "depends on", "title and files")
+    for s in all_series:
+        files = Table.grid(padding=(0, 1))
+        files.add_column(style="dim", min_width=5)
+        files.add_column()
+        for how, paths in (("edits", s.edit_modules), ("adds", s.overlay)):
+            if paths:
+                files.add_row(how, escape("\n".join(paths)))
+        grid.add_row(
+            str(s.number),
+            s.slug,
+            ",".join(map(str, s.depends_on)) or "-",
+            Group(f"[bold]{escape(s.title)}[/]", files, ""),
+        )
+    console.print(grid)
 
 
 def show_status(plans: list[SeriesPlan]) -> None:

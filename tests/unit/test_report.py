@@ -3,11 +3,28 @@ bodies' Tests section."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 from atom_ckfree import PIN, export, upstream
+from atom_ckfree.cli import main
 from atom_ckfree.series import load_all, project_root
+
+
+def test_list_shows_each_series_files(project, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    # series 1's block ends where series 2's title starts
+    first = out[: out.index("Log the mode")]
+    assert re.search(r"edits\s+atom/engine\.py", first), out
+    assert re.search(r"adds\s+atom/extra\.py", first), out
+    assert main(["list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["files"] == ["atom/engine.py", "atom/extra.py"]
+    assert listed[0]["edits"] == ["atom/engine.py"]
+    assert listed[0]["overlay"] == ["atom/extra.py"]
+    assert listed[1]["depends_on"] == [1] and listed[1]["files"] == ["atom/engine.py"]
 
 
 def _adds_or_edits(series) -> list[str]:
