@@ -226,18 +226,26 @@ def sweep_markdown(reports, rows: list[dict] | None) -> str:
 def show_sweep(reports, rows: list[dict] | None) -> None:
     last = reports[-1]
     console.print(f"ATOM {last.commit[:12]} ({last.date}) {escape(last.subject)}")
-    grid = table("#", "series", "verdict", "upstream", "--3way", "first problem")
+    grid = table("#", "series", "verdict", "upstream", "--3way", "problems")
     for v in last.verdicts:
-        first = v.details[0] if v.details else ""
         grid.add_row(
             str(v.series),
             v.name,
             v.verdict,
             str(len(v.upstream_edits)),
             {True: "applies", False: "fails", None: "-"}[v.three_way],
-            escape(first[:100]),
+            str(len(v.details)),
         )
     console.print(grid)
+    # the problems under the table, at the console's full width, so that they wrap
+    # between words instead of being cut in a narrow column
+    problems = table("#", "first problem")
+    for v in last.verdicts:
+        if v.details:
+            problems.add_row(str(v.series), escape(v.details[0]))
+    if problems.row_count:
+        console.print()
+        console.print(problems)
     if rows:
         grid = table(
             "#",
@@ -258,4 +266,8 @@ def show_sweep(reports, rows: list[dict] | None) -> None:
                 f"{row['three_way_good_samples']}/{row['samples']}",
                 (row["three_way_first_break"] or "never")[:12],
             )
+        console.print()
         console.print(grid)
+    console.print(
+        "\nFull report: --json (every problem at every commit), or --markdown FILE."
+    )

@@ -7,9 +7,54 @@ import json
 import re
 import subprocess
 
-from atom_ckfree import PIN, export, upstream
+import pytest
+
+from atom_ckfree import PIN, export, report, upstream
 from atom_ckfree.cli import main
 from atom_ckfree.series import load_all, project_root
+from atom_ckfree.sweep import CommitReport, Verdict
+
+# first problems as a range sweep reported them onto upstream main (ffdf3bb5ddf8)
+DRIFT = (
+    "atom/model_ops/attention_mla.py:1338 attention-mla.fp8-scales-for-one-query-token: "
+    'expected `if self.kv_cache_dtype.startswith("fp8"):` in '
+    "MLAAttention._forward_prefill_mla; found no such code; closest is "
+    '`is_fp8 = self.kv_cache_dtype.startswith("fp8")`'
+)
+
+
+LINT = (
+    ".github/workflows/atom-test.yaml:54 atom-test.gpu-only-upstream: expected the key "
+    "jobs.atom; found keys ['ci-gate', 'check-signal', 'download_aiter_wheel', "
+    "'load-test-models', 'offline-smoke-test', 'atom-test', 'accuracy-dashboard']"
+)
+
+
+def sweep_reports() -> list[CommitReport]:
+    verdicts = [
+        Verdict(3, "03-mla-ck-free", "drifted", [DRIFT, "a second problem"], ["x"]),
+        Verdict(6, "06-tests-ci", "drifted", [LINT], [], False),
+        Verdict(7, "07-nightly-sync", "applied+verified", [], [], True),
+    ]
+    return [CommitReport("f" * 40, "2026-08-22", "Fix dpa spec (#1987)", verdicts)]
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_sweep_table_wraps_between_words_and_points_to_the_full_report(
+    capsys, monkeypatch, columns
+):
+    monkeypatch.setattr(report.console, "width", columns)
+    report.show_sweep(sweep_reports(), None)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= columns for line in lines), out
+    words = out.split()
+    for problem in (DRIFT, LINT):
+        for word in problem.split():
+            assert word in words, f"{word!r} cut at {columns} columns:\n{out}"
+    assert "a second problem" not in out  # the first problem only; the count says 2
+    assert "…" not in out
+    assert "--json" in lines[-1] and "--markdown" in lines[-1]
 
 
 def test_list_shows_each_series_files(project, capsys):
