@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,7 +154,7 @@ def export(
     pr_base: str = "main",
     author: tuple[str, str] = ("atom-ckfree", "atom-ckfree@users.noreply.github.com"),
     push: str | None = None,
-    progress: Callable[[Series], None] = lambda s: None,
+    progress: engine.Step = lambda done, total, now: None,
 ) -> list[ExportedSeries]:
     by_number = {s.number: s for s in all_series}
     base_sha = git(
@@ -193,9 +192,10 @@ def export(
         "GIT_COMMITTER_DATE": date,
     }
     exported: dict[int, ExportedSeries] = {}
+    steps = len(selected) + bool(push)
     try:
-        for series in selected:
-            progress(series)
+        for index, series in enumerate(selected):
+            progress(index, steps, branch_name(series))
             exported[series.number] = _build(
                 AtomTree(work, identity),
                 series,
@@ -210,6 +210,7 @@ def export(
         git(tree.path, "worktree", "remove", "--force", str(work), check=False)
         shutil.rmtree(scratch, ignore_errors=True)
     if push:
+        progress(len(selected), steps, f"pushing to {push}")
         refs = [f"{e.branch}:refs/heads/{e.branch}" for e in exported.values()]
         try:
             git(tree.path, "push", "--force-with-lease", "-q", push, *refs)

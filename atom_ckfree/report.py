@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console, Group
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from .engine import SeriesPlan, SeriesResult, Unit
+from .engine import SeriesPlan, SeriesResult, Step, Unit
 from .series import Series
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
@@ -81,6 +92,57 @@ def error(text: str) -> None:
 
 def warn(text: str) -> None:
     errors.print(f"[yellow]warning:[/] {escape(text)}")
+
+
+@contextmanager
+def progress(verb: str) -> Iterator[Step]:
+    """The progress of a long verb, on stderr so that ``--json`` stdout stays clean;
+    what it yields is the ``progress`` callback of ``engine.apply``, ``export.export``
+    and ``sweep.sweep``.
+
+    On a terminal a live bar: what runs now, done/total, elapsed time. Anywhere else
+    (a log, CI) no control codes: one plain line per step, and one when it is done.
+    """
+    seen = {"done": 0, "total": 0}
+    if not errors.is_terminal or errors.is_dumb_terminal:
+        start = time.monotonic()
+
+        def line(done: int, total: int, now: str) -> None:
+            seen.update(done=done, total=total)
+            errors.print(
+                f"{verb} {done + 1}/{total} [{time.monotonic() - start:.1f} s] {now}",
+                markup=False,
+            )
+
+        yield line
+        if seen["total"]:
+            errors.print(
+                f"{verb} done [{time.monotonic() - start:.1f} s]", markup=False
+            )
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[now]}"),
+        console=errors,
+    ) as bar:
+        task = bar.add_task(verb, total=None, now="")
+
+        def step(done: int, total: int, now: str) -> None:
+            seen.update(done=done, total=total)
+            bar.update(task, completed=done, total=total, now=escape(now))
+
+        yield step
+        # the last step reported has finished too
+        bar.update(
+            task,
+            completed=min(seen["done"] + 1, seen["total"]),
+            total=seen["total"],
+            now="done",
+        )
 
 
 def print_json(data: Any) -> None:

@@ -4,8 +4,13 @@ bodies' Tests section."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +19,9 @@ from atom_ckfree.cli import main
 from atom_ckfree.series import load_all, project_root
 from atom_ckfree.sweep import CommitReport, Verdict
 
+ROOT = Path(__file__).resolve().parents[2]
+ESCAPE = "\x1b"
+
 # first problems as a range sweep reported them onto upstream main (ffdf3bb5ddf8)
 DRIFT = (
     "atom/model_ops/attention_mla.py:1338 attention-mla.fp8-scales-for-one-query-token: "
@@ -21,8 +29,6 @@ DRIFT = (
     "MLAAttention._forward_prefill_mla; found no such code; closest is "
     '`is_fp8 = self.kv_cache_dtype.startswith("fp8")`'
 )
-
-
 LINT = (
     ".github/workflows/atom-test.yaml:54 atom-test.gpu-only-upstream: expected the key "
     "jobs.atom; found keys ['ci-gate', 'check-signal', 'download_aiter_wheel', "
@@ -70,6 +76,64 @@ def test_list_shows_each_series_files(project, capsys):
     assert listed[0]["edits"] == ["atom/engine.py"]
     assert listed[0]["overlay"] == ["atom/extra.py"]
     assert listed[1]["depends_on"] == [1] and listed[1]["files"] == ["atom/engine.py"]
+
+
+def test_progress_goes_to_stderr_as_plain_lines_when_not_a_terminal(
+    project, atom, capsys
+):
+    assert main(["apply", "--atom", str(atom), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [s["outcome"] for s in json.loads(out)["series"]] == ["applied"] * 2
+    assert ESCAPE not in err and ESCAPE not in out
+    steps = [line for line in err.splitlines() if line.startswith("apply ")]
+    assert [re.sub(r" \[[\d.]+ s\]", "", line) for line in steps] == [
+        "apply 1/4 planning 01-first",
+        "apply 2/4 planning 02-second",
+        "apply 3/4 applying 01-first",
+        "apply 4/4 applying 02-second",
+        "apply done",
+    ]
+
+
+def test_progress_bar_on_a_terminal_leaves_json_stdout_clean(project, atom):
+    """stderr a terminal, stdout a pipe (``apply --json | jq``): the live bar draws
+    on the terminal and stdout is the JSON report alone."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "100"}
+    for forced in ("TTY_INTERACTIVE", "TTY_COMPATIBLE", "FORCE_COLOR"):
+        env.pop(forced, None)
+    result = subprocess.Popen(
+        [sys.executable, str(ROOT / "tools" / "apply_patches.py"), "apply"]
+        + ["--atom", str(atom), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=env,
+        text=True,
+    )
+    os.close(follower)
+    shown = []  # read the terminal while the child runs, so that it never blocks
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                return
+            if not chunk:
+                return
+            shown.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out, _ = result.communicate(timeout=120)
+    reader.join(timeout=10)
+    os.close(leader)
+    terminal = b"".join(shown).decode()
+    assert result.returncode == 0
+    assert ESCAPE not in out
+    assert [s["outcome"] for s in json.loads(out)["series"]] == ["applied"] * 2
+    assert "━" in terminal and "4/4" in terminal
+    assert "apply done [" not in terminal  # the bar, not the plain lines for logs
 
 
 def _adds_or_edits(series) -> list[str]:
