@@ -35,37 +35,17 @@ def _warn_if_not_pin(tree: AtomTree) -> str:
 def cmd_list(args) -> int:
     series = load_all()
     if args.json:
-        report.print_json(
-            [
-                {
-                    "series": s.number,
-                    "name": s.name,
-                    "title": s.title,
-                    "depends_on": list(s.depends_on),
-                    "edits": list(s.edit_modules),
-                    "overlay": list(s.overlay),
-                }
-                for s in series
-            ]
-        )
-        return 0
-    table = report.table("#", "series", "depends on", "files", "title")
-    for s in series:
-        table.add_row(
-            str(s.number),
-            s.slug,
-            ",".join(map(str, s.depends_on)) or "-",
-            str(len(s.files)),
-            s.title,
-        )
-    report.console.print(table)
+        report.print_json([report.series_data(s) for s in series])
+    else:
+        report.show_list(series)
     return 0
 
 
 def cmd_status(args) -> int:
     tree = AtomTree(args.atom)
     head = _warn_if_not_pin(tree)
-    plans = engine.status(tree, load_all())
+    with report.progress("status") as step:
+        plans = engine.status(tree, load_all(), step)
     if args.json:
         report.print_json(
             {
@@ -85,15 +65,16 @@ def cmd_apply(args) -> int:
     head = _warn_if_not_pin(tree)
     all_series = load_all()
     chosen = select(args.series, all_series)
-    results = engine.apply(
-        tree,
-        chosen,
-        all_series,
-        dry_run=args.dry_run,
-        commit=args.commit,
-        allow_dirty=args.allow_dirty,
-        progress=lambda s: report.errors.print(f"[dim]series {s.name} …[/]"),
-    )
+    with report.progress("apply") as step:
+        results = engine.apply(
+            tree,
+            chosen,
+            all_series,
+            dry_run=args.dry_run,
+            commit=args.commit,
+            allow_dirty=args.allow_dirty,
+            progress=step,
+        )
     if args.json:
         data = {
             "atom": str(tree.path),
@@ -135,19 +116,18 @@ def cmd_export(args) -> int:
     tree = AtomTree(args.atom)
     all_series = load_all()
     name, _, email = args.author.partition("<")
-    stack = export.export(
-        tree,
-        select(args.series, all_series),
-        all_series,
-        Path(args.out),
-        base=args.base,
-        pr_base=args.pr_base,
-        author=(name.strip(), email.rstrip(">").strip()),
-        push=args.push,
-        progress=lambda s: report.errors.print(
-            f"[dim]branch {export.branch_name(s)} …[/]"
-        ),
-    )
+    with report.progress("export") as step:
+        stack = export.export(
+            tree,
+            select(args.series, all_series),
+            all_series,
+            Path(args.out),
+            base=args.base,
+            pr_base=args.pr_base,
+            author=(name.strip(), email.rstrip(">").strip()),
+            push=args.push,
+            progress=step,
+        )
     commands = [
         f"gh pr create --base {e.base_branch} --head {e.branch} "
         f'--title "{e.series.title}" --body-file {e.body}'
@@ -236,16 +216,15 @@ def cmd_sweep(args) -> int:
                 "fetch it (--upstream) or check --ref",
             )
         commits = [sha]
-    reports = sweep.sweep(
-        repo,
-        commits,
-        load_all(),
-        checks,
-        pin=None if args.no_3way else PIN,
-        progress=lambda i, n, c: report.errors.print(
-            f"[dim]sweep {i}/{n}: {c[:12]} …[/]"
-        ),
-    )
+    with report.progress("sweep") as step:
+        reports = sweep.sweep(
+            repo,
+            commits,
+            load_all(),
+            checks,
+            pin=None if args.no_3way else PIN,
+            progress=step,
+        )
     rows = sweep.survival(reports) if args.range else None
     data = {"checks": list(checks), "commits": [r.data() for r in reports]}
     if rows:

@@ -11,7 +11,7 @@ import difflib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,8 +147,20 @@ class SeriesResult:
     reason: str = ""
 
 
-def status(tree: AtomTree, all_series: Iterable[Series]) -> list[SeriesPlan]:
-    return [plan_series(s, tree.read) for s in all_series]
+# progress(done, total, now): done of total steps finished, now is what runs next
+Step = Callable[[int, int, str], None]
+
+
+def status(
+    tree: AtomTree,
+    all_series: list[Series],
+    progress: Step = lambda done, total, now: None,
+) -> list[SeriesPlan]:
+    plans = []
+    for index, series in enumerate(all_series):
+        progress(index, len(all_series), f"planning {series.name}")
+        plans.append(plan_series(series, tree.read))
+    return plans
 
 
 def apply(
@@ -159,9 +171,13 @@ def apply(
     dry_run: bool = False,
     commit: bool = False,
     allow_dirty: bool = False,
-    progress: Callable[[Series], None] = lambda s: None,
+    progress: Step = lambda done, total, now: None,
 ) -> list[SeriesResult]:
-    current = {p.series.number: p for p in status(tree, all_series)}
+    steps = len(all_series) + len(selected)  # plan every series, then apply each
+    current = {
+        p.series.number: p
+        for p in status(tree, all_series, lambda i, _, now: progress(i, steps, now))
+    }
     _check_dependencies(selected, current)
     if not allow_dirty:
         _check_clean(tree, current)
@@ -174,7 +190,7 @@ def apply(
 
     results: list[SeriesResult] = []
     for index, series in enumerate(selected):
-        progress(series)
+        progress(len(all_series) + index, steps, f"applying {series.name}")
         # the status plan still holds unless an earlier series of this run changed a file
         if written.isdisjoint(series.files):
             plan = current[series.number]

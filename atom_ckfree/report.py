@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from .engine import SeriesPlan, SeriesResult, Unit
+from .engine import SeriesPlan, SeriesResult, Step, Unit
+from .series import Series
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -82,6 +94,57 @@ def warn(text: str) -> None:
     errors.print(f"[yellow]warning:[/] {escape(text)}")
 
 
+@contextmanager
+def progress(verb: str) -> Iterator[Step]:
+    """The progress of a long verb, on stderr so that ``--json`` stdout stays clean;
+    what it yields is the ``progress`` callback of ``engine.apply``, ``export.export``
+    and ``sweep.sweep``.
+
+    On a terminal a live bar: what runs now, done/total, elapsed time. Anywhere else
+    (a log, CI) no control codes: one plain line per step, and one when it is done.
+    """
+    seen = {"done": 0, "total": 0}
+    if not errors.is_terminal or errors.is_dumb_terminal:
+        start = time.monotonic()
+
+        def line(done: int, total: int, now: str) -> None:
+            seen.update(done=done, total=total)
+            errors.print(
+                f"{verb} {done + 1}/{total} [{time.monotonic() - start:.1f} s] {now}",
+                markup=False,
+            )
+
+        yield line
+        if seen["total"]:
+            errors.print(
+                f"{verb} done [{time.monotonic() - start:.1f} s]", markup=False
+            )
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[now]}"),
+        console=errors,
+    ) as bar:
+        task = bar.add_task(verb, total=None, now="")
+
+        def step(done: int, total: int, now: str) -> None:
+            seen.update(done=done, total=total)
+            bar.update(task, completed=done, total=total, now=escape(now))
+
+        yield step
+        # the last step reported has finished too
+        bar.update(
+            task,
+            completed=min(seen["done"] + 1, seen["total"]),
+            total=seen["total"],
+            now="done",
+        )
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -96,6 +159,38 @@ def table(*columns: str) -> Table:
 
 def _styled(word: str) -> str:
     return f"[{_STYLE.get(word, '')}]{word}[/]" if word in _STYLE else word
+
+
+def series_data(series: Series) -> dict[str, Any]:
+    return {
+        "series": series.number,
+        "name": series.name,
+        "title": series.title,
+        "depends_on": list(series.depends_on),
+        "files": list(series.files),
+        "edits": list(series.edit_modules),
+        "overlay": list(series.overlay),
+        "tests": {"atom": list(series.atom_tests), "ckfree": list(series.ckfree_tests)},
+    }
+
+
+def show_list(all_series: list[Series]) -> None:
+    """Each series with its title and, under it, the ATOM files it edits and adds."""
+    grid = table("#", "series", "depends on", "title and files")
+    for s in all_series:
+        files = Table.grid(padding=(0, 1))
+        files.add_column(style="dim", min_width=5)
+        files.add_column()
+        for how, paths in (("edits", s.edit_modules), ("adds", s.overlay)):
+            if paths:
+                files.add_row(how, escape("\n".join(paths)))
+        grid.add_row(
+            str(s.number),
+            s.slug,
+            ",".join(map(str, s.depends_on)) or "-",
+            Group(f"[bold]{escape(s.title)}[/]", files, ""),
+        )
+    console.print(grid)
 
 
 def show_status(plans: list[SeriesPlan]) -> None:
@@ -193,18 +288,26 @@ def sweep_markdown(reports, rows: list[dict] | None) -> str:
 def show_sweep(reports, rows: list[dict] | None) -> None:
     last = reports[-1]
     console.print(f"ATOM {last.commit[:12]} ({last.date}) {escape(last.subject)}")
-    grid = table("#", "series", "verdict", "upstream", "--3way", "first problem")
+    grid = table("#", "series", "verdict", "upstream", "--3way", "problems")
     for v in last.verdicts:
-        first = v.details[0] if v.details else ""
         grid.add_row(
             str(v.series),
             v.name,
             v.verdict,
             str(len(v.upstream_edits)),
             {True: "applies", False: "fails", None: "-"}[v.three_way],
-            escape(first[:100]),
+            str(len(v.details)),
         )
     console.print(grid)
+    # the problems under the table, at the console's full width, so that they wrap
+    # between words instead of being cut in a narrow column
+    problems = table("#", "first problem")
+    for v in last.verdicts:
+        if v.details:
+            problems.add_row(str(v.series), escape(v.details[0]))
+    if problems.row_count:
+        console.print()
+        console.print(problems)
     if rows:
         grid = table(
             "#",
@@ -225,4 +328,8 @@ def show_sweep(reports, rows: list[dict] | None) -> None:
                 f"{row['three_way_good_samples']}/{row['samples']}",
                 (row["three_way_first_break"] or "never")[:12],
             )
+        console.print()
         console.print(grid)
+    console.print(
+        "\nFull report: --json (every problem at every commit), or --markdown FILE."
+    )

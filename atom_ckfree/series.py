@@ -1,9 +1,11 @@
 """The patch series: one folder each under ``patches/``, described by ``series.toml``.
 
 ``series.toml`` holds ``number``, ``slug``, ``title``, ``depends_on``, ``description``
-(the PR text), ``overlay`` (new files, by their ATOM path, taken from ``overlay/``)
-and an ``[edits]`` table mapping each ATOM file the series changes to the module in
-the folder that holds its edits (a list named ``EDITS``).
+(the PR text), ``overlay`` (new files, by their ATOM path, taken from ``overlay/``),
+an ``[edits]`` table mapping each ATOM file the series changes to the module in
+the folder that holds its edits (a list named ``EDITS``), and a ``[tests]`` table:
+``atom``, the ATOM test files that cover the series, and ``ckfree``, this project's
+test files that apply it and check it (the PR body lists both).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Series:
     edit_modules: dict[str, str]
     overlay: tuple[str, ...]
     folder: Path
+    atom_tests: tuple[str, ...] = ()
+    ckfree_tests: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -169,6 +173,8 @@ def load_series(folder: Path) -> Series:
         edit_modules=dict(data.get("edits", {})),
         overlay=tuple(data.get("overlay", ())),
         folder=folder,
+        atom_tests=tuple(data.get("tests", {}).get("atom", ())),
+        ckfree_tests=tuple(data.get("tests", {}).get("ckfree", ())),
     )
     if folder.name != series.name:
         raise SeriesError(f"{folder}: folder name should be {series.name}")

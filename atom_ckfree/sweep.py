@@ -16,7 +16,6 @@ import itertools
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,12 +108,18 @@ class Scratch:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def pin_patches(scratch: Scratch, pin: str, all_series: list[Series]) -> dict[int, str]:
+def pin_patches(
+    scratch: Scratch,
+    pin: str,
+    all_series: list[Series],
+    progress: engine.Step = lambda done, total, now: None,
+) -> dict[int, str]:
     """Each series as a plain patch made at the pin, for the ``git apply --3way``
     comparison (series applied cumulatively, like the PR stack)."""
     tree = scratch.at(pin)
     patches = {}
-    for series in all_series:
+    for index, series in enumerate(all_series):
+        progress(index, len(all_series), series.name)
         plan = engine.plan_series(series, tree.read)
         if plan.conflicts:
             continue
@@ -153,6 +158,7 @@ def sweep_commit(
     checks: tuple[str, ...],
     patches: dict[int, str] | None = None,
     previous: CommitReport | None = None,
+    progress: engine.Step = lambda done, total, now: None,
 ) -> CommitReport:
     """Verdicts at ``commit``. A series whose files are the same as at ``previous``
     keeps its verdict there, unless the tests run (they see the whole tree)."""
@@ -176,11 +182,13 @@ def sweep_commit(
             )
         }
     fresh = [s for s in all_series if s.number not in kept]
+    progress(0, len(all_series), "checking the unpatched tree")
     before = verify.baseline(
         tree.path, sorted({f for s in fresh for f in s.files}), checks
     )
     verdicts = []
-    for series in all_series:
+    for index, series in enumerate(all_series):
+        progress(index, len(all_series), series.name)
         if series.number in kept:
             verdicts.append(dataclasses.replace(kept[series.number], culprit=None))
             continue
@@ -270,27 +278,53 @@ def sweep(
     all_series: list[Series],
     checks: tuple[str, ...],
     pin: str | None = None,
-    progress: Callable[[int, int, str], None] = lambda i, n, c: None,
+    progress: engine.Step = lambda done, total, now: None,
 ) -> list[CommitReport]:
+    # steps: each series at the pin (for --3way), then each series at each commit
+    per_commit = len(all_series)
+    steps = per_commit * (len(commits) + bool(pin))
+
+    def stage(offset: int, what: str) -> engine.Step:
+        return lambda done, _, now: progress(offset + done, steps, f"{what}: {now}")
+
     scratch = Scratch(repo)
     try:
-        patches = pin_patches(scratch, pin, all_series) if pin else None
+        patches = (
+            pin_patches(scratch, pin, all_series, stage(0, f"pin {pin[:12]}"))
+            if pin
+            else None
+        )
         reports: list[CommitReport] = []
         for index, commit in enumerate(commits):
-            progress(index + 1, len(commits), commit)
             previous = reports[-1] if reports else None
             reports.append(
-                sweep_commit(scratch, commit, all_series, checks, patches, previous)
+                sweep_commit(
+                    scratch,
+                    commit,
+                    all_series,
+                    checks,
+                    patches,
+                    previous,
+                    stage(
+                        per_commit * (index + bool(pin)),
+                        f"commit {index + 1}/{len(commits)} {commit[:12]}",
+                    ),
+                )
             )
     finally:
         scratch.close()
     by_number = {s.number: s for s in all_series}
-    for earlier, later in itertools.pairwise(reports):
-        for was, now in zip(earlier.verdicts, later.verdicts):
-            if now.verdict == "drifted" and was.verdict != "drifted":
-                now.culprit = first_drift(
-                    repo, by_number[now.series], earlier.commit, later.commit
-                )
+    drifts = [
+        (earlier, later, now)
+        for earlier, later in itertools.pairwise(reports)
+        for was, now in zip(earlier.verdicts, later.verdicts)
+        if now.verdict == "drifted" and was.verdict != "drifted"
+    ]
+    for index, (earlier, later, now) in enumerate(drifts):
+        progress(steps + index, steps + len(drifts), f"bisecting {now.name}")
+        now.culprit = first_drift(
+            repo, by_number[now.series], earlier.commit, later.commit
+        )
     return reports
 
 

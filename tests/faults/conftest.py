@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# report.progress's lines off a terminal: "apply 2/7 [1.3 s] …", "apply done [2.0 s]"
+PROGRESS = re.compile(r"^[a-z]+ (\d+/\d+|done) \[\d+\.\d s\]")
 GIT_OWN = {
     "HEAD",
     "config",
@@ -80,8 +83,13 @@ class Run:
 
     @property
     def error_line(self) -> str:
-        """The error, which must be one line (git's text may follow indented)."""
-        lines = [line for line in self.err.splitlines() if line.strip()]
+        """The error, which must be one line (git's text may follow indented);
+        the plain progress lines a verb prints off a terminal are not part of it."""
+        lines = [
+            line
+            for line in self.err.splitlines()
+            if line.strip() and not PROGRESS.match(line)
+        ]
         head = [line for line in lines if not line.startswith("    ")]
         assert "Traceback" not in self.err, self.err
         assert len(head) == 1, f"expected one error line, got:\n{self.err}"

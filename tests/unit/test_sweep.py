@@ -68,6 +68,28 @@ def test_verdicts_culprit_and_three_way(project, atom, history):
     assert rows[0]["survives_until"] == docs
 
 
+def test_progress_counts_each_series_at_the_pin_and_at_each_commit(
+    project, atom, history
+):
+    pin, docs, _fixed, renamed = history
+    steps = []
+    sweep.sweep(
+        atom,
+        [pin, docs, renamed],
+        load_all(),
+        ("compile",),
+        pin=pin,
+        progress=lambda *step: steps.append(step),
+    )
+    labels = [now for _, _, now in steps]
+    # 2 series at the pin and at each of 3 commits, then the two drifts bisected
+    assert sorted({done for done, _, _ in steps}) == list(range(10))
+    assert {total for _, total, _ in steps} == {8, 10}
+    assert labels[0] == f"pin {pin[:12]}: 01-first"
+    assert f"commit 3/3 {renamed[:12]}: 02-second" in labels
+    assert labels[-1] == "bisecting 02-second"
+
+
 def test_already_upstream(project, atom, history):
     _pin, _docs, fixed, _renamed = history
     (report,) = sweep.sweep(atom, [fixed], load_all(), ("compile",))
