@@ -50,6 +50,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "kernels"))
 from moe_reference import (
     emulated_quantisation,
+    intermediate_amax,
     load_triton_moe,
     moe_reference,
     rel_err,
@@ -64,6 +65,9 @@ SHAPES = {
     "dsv3-ep1": (256, 8, 7168, 2048, "block"),
     "qwen3-30b-a3b": (128, 8, 2048, 768, "block"),
     "mixtral": (8, 2, 4096, 14336, "tensor"),
+    # Mixtral with the static per-tensor activation scales of an FP8 checkpoint
+    # (here: the amax of this problem's input and intermediate).
+    "mixtral-static": (8, 2, 4096, 14336, "tensor-static"),
 }
 MS = [1, 8, 32, 128, 512, 2048, 8192]
 
@@ -149,7 +153,7 @@ def make_weights(E, K, N, mode, seed=0):
 
     def scales(rows, cols):
         base = 1.0 / (64 * math.sqrt(cols))
-        if mode == "tensor":
+        if mode.startswith("tensor"):
             shape = (E,)
         elif mode == "channel":
             shape = (E, rows)
@@ -168,6 +172,24 @@ def make_routing(M, E, top_k, K, seed):
     tw, ti = torch.topk(logits.softmax(-1), top_k, dim=-1)
     tw = tw / tw.sum(-1, keepdim=True)
     return x, tw.float(), ti.to(torch.int32)
+
+
+def shape_modes(name):
+    """(block_shape, static activation scales?) of a shape."""
+    mode = SHAPES[name][4]
+    return ((128, 128) if mode == "block" else None), mode.endswith("-static")
+
+
+def static_scales(name, x, w13, s13, ti, bs):
+    """(a13_scale, a2_scale) for a static-scale shape, else None: the input's
+    amax and the intermediate's (float64, first 128 tokens) over the FP8 max."""
+    if not shape_modes(name)[1]:
+        return None
+    fmax = torch.finfo(w13.dtype).max
+    n = min(x.shape[0], 128)
+    h_amax = intermediate_amax(x[:n], w13, ti[:n], s13, bs)
+    a13 = (x.float().abs().amax() / fmax).reshape(1)
+    return a13, torch.tensor([h_amax / fmax], device=x.device, dtype=torch.float32)
 
 
 def floor_ms(ti, K, N, copy_bw, fp8_peak):
@@ -260,6 +282,11 @@ def main(argv=None):
         "--no-aiter-sweep", action="store_true", help="AITER with shipped configs only"
     )
     ap.add_argument(
+        "--config-dir",
+        default="",
+        help="the pipeline's config folder (default: the one beside the module)",
+    )
+    ap.add_argument(
         "--breakdown",
         action="store_true",
         help="also time the pipeline cut after alignment and after GEMM1",
@@ -267,6 +294,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     tm = load_triton_moe("atom_ckfree_triton_moe_bench", interpret=False)
+    if args.config_dir:
+        tm.CONFIG_DIR = pathlib.Path(args.config_dir)
     card = torch.cuda.get_device_name()
     log(f"card: {card}; torch {torch.__version__}; triton {triton.__version__}")
     copy_bw, fp8_peak = measure_ceilings()
@@ -323,11 +352,18 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
     results = []
     for M in ms_list:
         x, tw, ti = make_routing(M, E, top_k, K, seed=M)
+        static = static_scales(name, x, w13, s13, ti, bs)
+        a13, a2 = static or (None, None)
+        problem = {
+            "w13_scale": s13,
+            "w2_scale": s2,
+            "block_shape": bs,
+            "a13_scale": a13,
+            "a2_scale": a2,
+        }
 
-        def ours(x=x, tw=tw, ti=ti):
-            return tm.fused_moe_fp8(
-                x, w13, w2, tw, ti, w13_scale=s13, w2_scale=s2, block_shape=bs
-            )
+        def ours(x=x, tw=tw, ti=ti, problem=problem):
+            return tm.fused_moe_fp8(x, w13, w2, tw, ti, **problem)
 
         def base(x=x, tw=tw, ti=ti):
             return torch_baseline(x, w13_bf, w2_bf, tw, ti)
@@ -337,10 +373,19 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
         nchk = min(M, 128)
         ref = moe_reference(x[:nchk], w13, w2, tw[:nchk], ti[:nchk], s13, s2, bs)
         err = rel_err(out[:nchk], ref)
-        cfg = tm.get_moe_config(
-            torch.cuda.get_device_name(), E, N, K, M, num_cols=top_k
+        choice = tm.select_moe_config(
+            tm.device_info(x.device),
+            E,
+            N,
+            K,
+            M,
+            num_cols=top_k,
+            block_shape=bs,
+            static_scales=static is not None,
         )
-        emulated = emulated_quantisation(cfg, K, bs, x.dtype)
+        emulated = emulated_quantisation(choice.config.as_dict(), K, bs, x.dtype)
+        if static is not None:
+            emulated = {"x_static": a13.item(), "h_static": a2.item()}
         kref = moe_reference(
             x[:nchk], w13, w2, tw[:nchk], ti[:nchk], s13, s2, bs, **emulated
         )
@@ -349,22 +394,11 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
         t_ours = time_graph(ours, args.reps, flush)
         stages = ""
         if args.breakdown:
-
-            def cut(stop, x=x, tw=tw, ti=ti):
-                return lambda: tm.fused_moe_fp8(
-                    x,
-                    w13,
-                    w2,
-                    tw,
-                    ti,
-                    w13_scale=s13,
-                    w2_scale=s2,
-                    block_shape=bs,
-                    _stop_after=stop,
-                )
-
-            t_al = time_graph(cut("align"), args.reps, flush)
-            t_g1 = time_graph(cut("gemm1"), args.reps, flush)
+            plan = tm.plan_moe_fp8(x, w13, w2, tw, ti, **problem)
+            t_al = time_graph(plan.align, args.reps, flush)
+            t_g1 = time_graph(
+                lambda plan=plan: plan.gemm1(plan.align()), args.reps, flush
+            )
             stages = (
                 f" [align {t_al:.4f}, +quant+gemm1 {t_g1 - t_al:.4f}, "
                 f"+gemm2+reduce {t_ours - t_g1:.4f}]"
@@ -384,6 +418,7 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
                 "floor_ms": fl,
                 "rel_err": err,
                 "kernel_err": kerr,
+                "config": choice.source,
                 "ok": ok,
                 "tflops": flops / (t_ours * 1e-3) / 1e12,
                 **aiter,
@@ -439,6 +474,13 @@ def run_aiter(args, x, w13, w2, s13, s2, tw, ti, bs, ref, nchk, flush):
     return res
 
 
+def _config_label(source):
+    # "heuristic", or the device whose config file was used.
+    if "device_name=" not in source:
+        return source
+    return source.split("device_name=", 1)[1].split(",", 1)[0]
+
+
 def render(results, card, copy_bw, fp8_peak, ms_list, args):
     peer = args.peer
     if peer is not None:
@@ -476,9 +518,9 @@ def render(results, card, copy_bw, fp8_peak, ms_list, args):
             "| shape | M | ours ms | floor ms | ours/floor | AITER shipped ms "
             "| shipped/ours | AITER best ms | best/ours | best cfg | issue-5 ms "
             "| torch ms | TFLOP/s | %peak | rel err ours | kernel err ours "
-            "| rel err AITER |"
+            "| rel err AITER | config |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         i5 = float("nan")
@@ -493,7 +535,7 @@ def render(results, card, copy_bw, fp8_peak, ms_list, args):
             f"{r['torch_ms']:.3f} | {r['tflops']:.0f} | "
             f"{100 * r['tflops'] * 1e12 / fp8_peak:.0f} | {r['rel_err']:.2e} | "
             f"{r['kernel_err']:.2e}{'' if r['ok'] else ' FAIL'} | "
-            f"{r['aiter_err']:.2e} |"
+            f"{r['aiter_err']:.2e} | {_config_label(r['config'])} |"
         )
     return "\n".join(lines) + "\n"
 
