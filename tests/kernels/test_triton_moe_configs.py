@@ -272,3 +272,34 @@ def test_tuner_writes_a_file_the_loader_reads_keeping_untuned_buckets(tmp_path):
             h200, E, N, K, m, static_scales=True, config_dir=cdir
         )
         assert got.config == cfg, m
+
+
+def test_tuner_seeds_a_new_file_from_a_table_whose_first_bucket_is_null(tmp_path):
+    # Qwen3's H100 table starts with a null bucket (M <= 2047: the heuristic):
+    # the new H200 file must still carry the H100's large-M config.
+    from tests.tools import load_file
+
+    tune = load_file(tm.CONFIG_DIR.parents[4] / "benchmarks" / "tune_moe.py", "tune_t2")
+    cdir = tmp_path / "configs"
+    shutil.copytree(tm.CONFIG_DIR, cdir)
+    for p in cdir.glob("*device_name=NVIDIA_H200,*"):
+        p.unlink()
+    h200 = tm.known_device("NVIDIA H200", cdir)
+    E, N, K = 128, 768, 2048
+
+    def pick(m):
+        return tm.select_moe_config(
+            h200, E, N, K, m, block_shape=BLOCK, config_dir=cdir
+        )
+
+    ms = (1, 8, 100, 511, 513, 2048, 8192, 20000)
+    before = {m: pick(m).config for m in ms}
+    tuned_cfg = {"block_m": 64, "bn2": 128, "quant_x": True, "quant_h": True}
+    tuned = {f"qwen3-30b-a3b|{E}|{N}|{K}": {512: {"cfg": tuned_cfg}}}
+    tune.write_config_files(tm, tuned, "NVIDIA H200", cdir, h200)
+    tm._nearest_file.cache_clear()  # files are read once per process
+    assert pick(512) == (
+        tm.MoeConfig(**tuned_cfg),
+        tm.config_file_name("NVIDIA H200", E, N, K, block_shape=BLOCK),
+    )
+    assert {m: pick(m).config for m in ms} == before

@@ -180,14 +180,13 @@ def test_group_quant_gpu(tm, n):
     assert mism < 1e-4  # division rounding may flip a rare last bit
 
 
-@pytest.mark.parametrize("chain2", [False, True])
 @pytest.mark.parametrize("M", [7, 512, 8192])
-def test_static_scales_kernel_error(tm, M, chain2):
+def test_static_scales_kernel_error(tm, M):
     # Mixtral with static activation scales (the amax of this input and of the
     # float64 intermediate of the first 64 tokens): against a reference that
-    # quantises with the same scales. chain2 chains GEMM2's K steps in the tensor
-    # cores (reduced-precision FP8 accumulation on sm_90): the bound says whether
-    # that is accurate enough.
+    # quantises with the same scales. (chain2, GEMM2's K steps chained in the
+    # tensor cores, measured 5.2e-3 here on the H200 at M=512 and 8192: the
+    # reduced-precision FP8 accumulation of sm_90 over K=14336; not selected.)
     x, w13, w2, tw, ti, s13, s2, bs = _problem("mixtral", M)
     n = min(M, 64)
     fmax = torch.finfo(w13.dtype).max
@@ -196,7 +195,7 @@ def test_static_scales_kernel_error(tm, M, chain2):
     cfg = tm.select_moe_config(
         tm.device_info(x.device), 8, 14336, 4096, M, num_cols=2, static_scales=True
     ).config.as_dict()
-    cfg["chain2"] = chain2
+    cfg["chain2"] = False
     out = tm.fused_moe_fp8(
         x,
         w13,

@@ -94,6 +94,7 @@ __all__ = [
     "plan_moe_fp8",
     "select_moe_config",
     "static_quant_fp8",
+    "tuned_config_file",
 ]
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
@@ -1584,21 +1585,44 @@ def select_moe_config(
     3. No file of the vendor: the heuristic (sized from the expected rows per
        expert, ``m * num_cols / E``).
     """
+    path = tuned_config_file(
+        device,
+        num_experts,
+        n,
+        k,
+        block_shape=block_shape,
+        static_scales=static_scales,
+        config_dir=config_dir,
+    )
+    if path is not None:
+        table = _load_table(str(path))
+        cfg = next((c for b, c in table if m <= b), table[-1][1])
+        if cfg is not None:
+            return ConfigChoice(cfg, path.name)
+    return ConfigChoice(_heuristic_config(num_experts, n, k, m, num_cols), "heuristic")
+
+
+def tuned_config_file(
+    device: DeviceInfo | str,
+    num_experts: int,
+    n: int,
+    k: int,
+    *,
+    block_shape=None,
+    static_scales: bool = False,
+    config_dir=None,
+) -> pathlib.Path | None:
+    """The config file :func:`select_moe_config` reads for a device and problem
+    class (the device's own, else the nearest tuned device's), or None."""
     cdir = str(config_dir or CONFIG_DIR)
     if isinstance(device, str):
         device = _tuned_devices(cdir).get(device_slug(device)) or device
     for static in (True, False) if static_scales else (False,):
-        path = _nearest_file(
-            device, num_experts, n, k, _mode_suffix(block_shape, static), cdir
-        )
-        if path is None:
-            continue
-        table = _load_table(path)
-        cfg = next((c for b, c in table if m <= b), table[-1][1])
-        if cfg is None:
-            break
-        return ConfigChoice(cfg, pathlib.Path(path).name)
-    return ConfigChoice(_heuristic_config(num_experts, n, k, m, num_cols), "heuristic")
+        suffix = _mode_suffix(block_shape, static)
+        path = _nearest_file(device, num_experts, n, k, suffix, cdir)
+        if path is not None:
+            return pathlib.Path(path)
+    return None
 
 
 @functools.cache  # the folder is read once per process
