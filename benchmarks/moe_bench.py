@@ -26,10 +26,12 @@ The AITER peer of issue 5 (AITER's pure-Triton MoE kernels composed as in the RF
 loaded from the ``amd-aiter`` wheel through stub packages, see ``aiter_peer.py``)
 runs in the same process on the same card: with its shipped (MI300X FP8) configs
 and with the best of a small launch-config sweep (``--aiter-sweep``, on by
-default). Its output is checked against the reference too. When the wheel is not
-importable the AITER columns fall back to issue 5's numbers, marked as such.
-Install the wheel first (``pip install --no-deps --target /tmp/site
-.whl/amd_aiter-*.whl`` and ``PYTHONPATH=/tmp/site``).
+default). Its output is checked against the reference too. Put AITER's
+``aiter/ops/triton`` on ``PYTHONPATH`` first (an installed ``amd-aiter`` wheel, or
+``git archive`` of AITER's source into an ignored folder). The vLLM peer
+(``vllm_peer.py``) runs from ``--vllm-dir``: vLLM's files extracted from its
+wheel. ``--render RUN.json [--fallback RUN.json]`` redraws the table from saved
+runs, without a GPU.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "kernels"))
 from moe_reference import (
     emulated_quantisation,
+    intermediate_amax,
     load_triton_moe,
     moe_reference,
     rel_err,
@@ -57,6 +60,7 @@ from moe_reference import (
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from aiter_peer import load_aiter_peer
+from vllm_peer import load_vllm_peer
 
 # name: (E, top_k, hidden K, intermediate N, scale mode)
 SHAPES = {
@@ -64,17 +68,11 @@ SHAPES = {
     "dsv3-ep1": (256, 8, 7168, 2048, "block"),
     "qwen3-30b-a3b": (128, 8, 2048, 768, "block"),
     "mixtral": (8, 2, 4096, 14336, "tensor"),
+    # Mixtral with the static per-tensor activation scales of an FP8 checkpoint
+    # (here: the amax of this problem's input and intermediate).
+    "mixtral-static": (8, 2, 4096, 14336, "tensor-static"),
 }
 MS = [1, 8, 32, 128, 512, 2048, 8192]
-
-# Issue 5's AITER (shipped configs) numbers, ms, measured there on an
-# NVIDIA H100 80GB HBM3 with torch 2.11 / triton 3.6. Not re-measured here.
-AITER_ISSUE5 = {
-    "dsv3-tp8": [0.176, 0.332, 0.768, 1.090, 1.347, 1.754, 4.660],
-    "dsv3-ep1": [0.315, 1.136, 3.835, 5.638, 7.505, 8.437, 20.32],
-    "qwen3-30b-a3b": [0.111, 0.221, 0.420, 0.455, 0.623, 1.075, 3.323],
-    "mixtral": [0.242, 0.471, 0.587, 0.615, 0.925, 2.498, 8.909],
-}
 
 FULL_TOL = 8e-2  # see tests/kernels/test_triton_moe.py for the justification
 KERNEL_TOL = 5e-3
@@ -149,7 +147,7 @@ def make_weights(E, K, N, mode, seed=0):
 
     def scales(rows, cols):
         base = 1.0 / (64 * math.sqrt(cols))
-        if mode == "tensor":
+        if mode.startswith("tensor"):
             shape = (E,)
         elif mode == "channel":
             shape = (E, rows)
@@ -168,6 +166,24 @@ def make_routing(M, E, top_k, K, seed):
     tw, ti = torch.topk(logits.softmax(-1), top_k, dim=-1)
     tw = tw / tw.sum(-1, keepdim=True)
     return x, tw.float(), ti.to(torch.int32)
+
+
+def shape_modes(name):
+    """(block_shape, static activation scales?) of a shape."""
+    mode = SHAPES[name][4]
+    return ((128, 128) if mode == "block" else None), mode.endswith("-static")
+
+
+def static_scales(name, x, w13, s13, ti, bs):
+    """(a13_scale, a2_scale) for a static-scale shape, else None: the input's
+    amax and the intermediate's (float64, first 128 tokens) over the FP8 max."""
+    if not shape_modes(name)[1]:
+        return None
+    fmax = torch.finfo(w13.dtype).max
+    n = min(x.shape[0], 128)
+    h_amax = intermediate_amax(x[:n], w13, ti[:n], s13, bs)
+    a13 = (x.float().abs().amax() / fmax).reshape(1)
+    return a13, torch.tensor([h_amax / fmax], device=x.device, dtype=torch.float32)
 
 
 def floor_ms(ti, K, N, copy_bw, fp8_peak):
@@ -260,6 +276,17 @@ def main(argv=None):
         "--no-aiter-sweep", action="store_true", help="AITER with shipped configs only"
     )
     ap.add_argument(
+        "--vllm-dir",
+        default=str(ROOT / ".vllm" / "extracted"),
+        help="vLLM's files extracted from its wheel (vllm_peer.extract); "
+        "'' to skip the vLLM peer",
+    )
+    ap.add_argument(
+        "--config-dir",
+        default="",
+        help="the pipeline's config folder (default: the one beside the module)",
+    )
+    ap.add_argument(
         "--breakdown",
         action="store_true",
         help="also time the pipeline cut after alignment and after GEMM1",
@@ -267,6 +294,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     tm = load_triton_moe("atom_ckfree_triton_moe_bench", interpret=False)
+    if args.config_dir:
+        tm.CONFIG_DIR = pathlib.Path(args.config_dir)
     card = torch.cuda.get_device_name()
     log(f"card: {card}; torch {torch.__version__}; triton {triton.__version__}")
     copy_bw, fp8_peak = measure_ceilings()
@@ -277,34 +306,44 @@ def main(argv=None):
     peer, why = (None, "--no-aiter") if args.no_aiter else load_aiter_peer()
     log(f"AITER peer: {'loaded from ' + str(peer.root) if peer else why}")
     args.peer, args.peer_why = peer, why
+    args.vllm, args.vllm_why = (None, "--vllm-dir ''")
+    if args.vllm_dir:
+        args.vllm, args.vllm_why = load_vllm_peer(pathlib.Path(args.vllm_dir), tm)
+    log(f"vLLM peer: {'loaded from ' + args.vllm_dir if args.vllm else args.vllm_why}")
 
     flush = L2Flush()
     ms_list = [int(m) for m in args.ms.split(",")]
     results = []
-    for name in args.shapes.split(","):
-        results += bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak)
-        torch.cuda.empty_cache()
-
-    md = render(results, card, copy_bw, fp8_peak, ms_list, args)
-    print(md, flush=True)
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"moe_{card_slug(card)}{args.tag}"
+
+    def payload_of(results):
+        return {
+            "card": card,
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "copy_bw": copy_bw,
+            "fp8_peak": fp8_peak,
+            "aiter": f"from {peer.root}" if peer else f"not run: {why}",
+            "vllm": (
+                f"from {args.vllm_dir}" if args.vllm else f"not run: {args.vllm_why}"
+            ),
+            "config_dir": str(tm.CONFIG_DIR),
+            "results": results,
+        }
+
+    for name in args.shapes.split(","):
+        results += bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak)
+        torch.cuda.empty_cache()
+        # What a run cut short leaves behind.
+        (out_dir / f"{stem}.json").write_text(json.dumps(payload_of(results), indent=1))
+
+    payload = payload_of(results)
+    md = render(payload)
+    print(md, flush=True)
     (out_dir / f"{stem}.md").write_text(md)
-    (out_dir / f"{stem}.json").write_text(
-        json.dumps(
-            {
-                "card": card,
-                "torch": torch.__version__,
-                "triton": triton.__version__,
-                "copy_bw": copy_bw,
-                "fp8_peak": fp8_peak,
-                "aiter": str(peer.root) if peer else f"not run: {why}",
-                "results": results,
-            },
-            indent=1,
-        )
-    )
+    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     if os.environ.get("OUT"):
         o = pathlib.Path(os.environ["OUT"])
         (o / f"{stem}.md").write_text(md)
@@ -323,11 +362,18 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
     results = []
     for M in ms_list:
         x, tw, ti = make_routing(M, E, top_k, K, seed=M)
+        static = static_scales(name, x, w13, s13, ti, bs)
+        a13, a2 = static or (None, None)
+        problem = {
+            "w13_scale": s13,
+            "w2_scale": s2,
+            "block_shape": bs,
+            "a13_scale": a13,
+            "a2_scale": a2,
+        }
 
-        def ours(x=x, tw=tw, ti=ti):
-            return tm.fused_moe_fp8(
-                x, w13, w2, tw, ti, w13_scale=s13, w2_scale=s2, block_shape=bs
-            )
+        def ours(x=x, tw=tw, ti=ti, problem=problem):
+            return tm.fused_moe_fp8(x, w13, w2, tw, ti, **problem)
 
         def base(x=x, tw=tw, ti=ti):
             return torch_baseline(x, w13_bf, w2_bf, tw, ti)
@@ -337,10 +383,19 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
         nchk = min(M, 128)
         ref = moe_reference(x[:nchk], w13, w2, tw[:nchk], ti[:nchk], s13, s2, bs)
         err = rel_err(out[:nchk], ref)
-        cfg = tm.get_moe_config(
-            torch.cuda.get_device_name(), E, N, K, M, num_cols=top_k
+        choice = tm.select_moe_config(
+            tm.device_info(x.device),
+            E,
+            N,
+            K,
+            M,
+            num_cols=top_k,
+            block_shape=bs,
+            static_scales=static is not None,
         )
-        emulated = emulated_quantisation(cfg, K, bs, x.dtype)
+        emulated = emulated_quantisation(choice.config.as_dict(), K, bs, x.dtype)
+        if static is not None:
+            emulated = {"x_static": a13.item(), "h_static": a2.item()}
         kref = moe_reference(
             x[:nchk], w13, w2, tw[:nchk], ti[:nchk], s13, s2, bs, **emulated
         )
@@ -349,27 +404,17 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
         t_ours = time_graph(ours, args.reps, flush)
         stages = ""
         if args.breakdown:
-
-            def cut(stop, x=x, tw=tw, ti=ti):
-                return lambda: tm.fused_moe_fp8(
-                    x,
-                    w13,
-                    w2,
-                    tw,
-                    ti,
-                    w13_scale=s13,
-                    w2_scale=s2,
-                    block_shape=bs,
-                    _stop_after=stop,
-                )
-
-            t_al = time_graph(cut("align"), args.reps, flush)
-            t_g1 = time_graph(cut("gemm1"), args.reps, flush)
+            plan = tm.plan_moe_fp8(x, w13, w2, tw, ti, **problem)
+            t_al = time_graph(plan.align, args.reps, flush)
+            t_g1 = time_graph(
+                lambda plan=plan: plan.gemm1(plan.align()), args.reps, flush
+            )
             stages = (
                 f" [align {t_al:.4f}, +quant+gemm1 {t_g1 - t_al:.4f}, "
                 f"+gemm2+reduce {t_ours - t_g1:.4f}]"
             )
         aiter = run_aiter(args, x, w13, w2, s13, s2, tw, ti, bs, ref, nchk, flush)
+        vllm = run_vllm(args, (x, w13, w2, s13, s2, tw, ti, bs), static, ref, flush)
         t_torch = float("nan")
         if not args.no_torch:
             t_torch = _median_ms(base, 5, flush)
@@ -384,9 +429,11 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
                 "floor_ms": fl,
                 "rel_err": err,
                 "kernel_err": kerr,
+                "config": choice.source,
                 "ok": ok,
                 "tflops": flops / (t_ours * 1e-3) / 1e12,
                 **aiter,
+                **vllm,
             }
         )
         log(
@@ -394,10 +441,45 @@ def bench_shape(tm, name, ms_list, args, flush, copy_bw, fp8_peak):
             f"floor {fl:.4f} ms, x floor {t_ours / fl:.2f}, err {err:.2e}, "
             f"kernel err {kerr:.2e}, "
             f"AITER {aiter['aiter_ms']:.4f} (best sweep {aiter['aiter_best_ms']:.4f}, "
-            f"err {aiter['aiter_err']:.2e})"
+            f"err {aiter['aiter_err']:.2e}), vLLM GEMMs {vllm['vllm_gemms_ms']:.4f} "
+            f"whole {vllm['vllm_ms']:.4f} (err {vllm['vllm_err']:.2e}, "
+            f"{vllm['vllm_cfg']})"
             f"{'' if ok else '  <-- FAILED CHECK'}{stages}"
         )
     return results
+
+
+def run_vllm(args, problem, static, ref, flush):
+    """vLLM peer: its two GEMM launches alone (inputs prepared once) and its
+    whole pipeline, with vLLM's config for the card and M."""
+    nan = float("nan")
+    res = {"vllm_gemms_ms": nan, "vllm_ms": nan, "vllm_err": nan, "vllm_cfg": "-"}
+    if args.vllm is None:
+        return res
+    x, w13, w2, s13, s2, tw, ti, bs = problem
+    card = card_slug(torch.cuda.get_device_name())
+    # vLLM names the H200 family's files NVIDIA_H200 (get_config_file_name).
+    if "H200" in card.split("_"):
+        card = "NVIDIA_H200"
+    cfg, where = args.vllm.config(card, w13.shape[0], w2.shape[2], x.shape[0], bs)
+    res["vllm_cfg"] = (
+        "{}:M{BLOCK_SIZE_M}N{BLOCK_SIZE_N}K{BLOCK_SIZE_K}w{num_warps}s{num_stages}".format(
+            where, **cfg
+        )
+    )
+    try:
+        gemms, pipeline = args.vllm.prepare(
+            x, w13, w2, s13, s2, tw, ti, bs, cfg, static
+        )
+        out = pipeline()
+        torch.cuda.synchronize()
+        n = ref.shape[0]
+        res["vllm_err"] = rel_err(out[:n], ref)
+        res["vllm_gemms_ms"] = time_graph(gemms, args.reps, flush)
+        res["vllm_ms"] = time_graph(pipeline, args.reps, flush)
+    except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+        log(f"  vLLM peer failed: {exc!r}"[:400])
+    return res
 
 
 def run_aiter(args, x, w13, w2, s13, s2, tw, ti, bs, ref, nchk, flush):
@@ -439,64 +521,99 @@ def run_aiter(args, x, w13, w2, s13, s2, tw, ti, bs, ref, nchk, flush):
     return res
 
 
-def render(results, card, copy_bw, fp8_peak, ms_list, args):
-    peer = args.peer
-    if peer is not None:
-        aiter_note = (
-            "AITER = issue 5's peer (AITER's pure-Triton MoE kernels composed as in the "
-            "RFC), run here from the `amd-aiter` wheel (stub packages + the three "
-            "runtime patches, see `benchmarks/aiter_peer.py`): shipped = its MI300X FP8 "
-            "configs; best = the best of a small launch-config sweep on this card "
-            "(config named). issue-5 = the numbers quoted in the issue, for reference."
-        )
-    else:
-        aiter_note = (
-            f"AITER NOT RUN here ({args.peer_why}); the issue-5 column quotes the "
-            "issue's numbers (H100 80GB HBM3, torch 2.11, triton 3.6), not re-measured."
-        )
+def _config_label(source):
+    # "heuristic", or the device whose config file was used.
+    if "device_name=" not in source:
+        return source
+    return source.split("device_name=", 1)[1].split(",", 1)[0]
+
+
+def render(payload, fallback=None):
+    """The markdown table of a run's JSON payload; ``fallback``: the payload of a
+    run without the card's config files, for the fallback/tuned column."""
+    fp8_peak = payload["fp8_peak"]
+    fb = {}
+    if fallback is not None:
+        fb = {(r["shape"], r["M"]): r["ours_ms"] for r in fallback["results"]}
     lines = [
-        f"# Triton FP8 MoE on {card}",
+        f"# Triton FP8 MoE on {payload['card']}",
         "",
         (
-            f"torch {torch.__version__}, triton {triton.__version__}; measured copy "
-            f"bandwidth {copy_bw / 1e12:.2f} TB/s, FP8 `_scaled_mm` peak "
+            f"torch {payload['torch']}, triton {payload['triton']}; measured copy "
+            f"bandwidth {payload['copy_bw'] / 1e12:.2f} TB/s, FP8 `_scaled_mm` peak "
             f"{fp8_peak / 1e12:.0f} TFLOP/s."
         ),
+        "",
         (
-            "Whole pipeline in one CUDA graph, L2 flushed by a 256 MiB read (clean "
-            "lines), median ms after 50 ms of untimed replays. floor = max(FP8 "
-            "weight bytes of the experts hit / copy bandwidth, flops / FP8 peak). "
-            "torch = per-expert loop, bf16 weights (eager). rel err = relative "
-            "error vs the float64 reference on the first 128 tokens; kernel err = "
-            "ours vs a float64 reference that quantises the activations as our "
-            f"configuration does (issue 5's bar: < {KERNEL_TOL:g}). " + aiter_note
+            "Every contender in one CUDA graph, L2 flushed by a 256 MiB read (clean "
+            "lines), median ms after 50 ms of untimed replays; ratios are contender "
+            "/ ours (> 1: ours is faster). floor = max(FP8 weight bytes of the "
+            "experts hit / copy bandwidth, flops / FP8 peak). vLLM = vLLM's Triton "
+            f"`fused_moe_kernel` ({payload.get('vllm', 'not run')}), launched as "
+            "vLLM does on sm_90 with its shipped config for the card (`shipped`) "
+            "or its `get_default_config` (`default`): GEMMs = its two launches "
+            "alone, inputs prepared; whole = alignment, quantisation, GEMM1, "
+            "SiLU*up, quantisation, GEMM2, top-k sum (glue: our alignment and "
+            "quantisation kernels, torch SiLU*up and sum; see "
+            "`benchmarks/vllm_peer.py`). AITER = AITER's Triton MoE kernels "
+            f"composed as in the RFC ({payload['aiter']}): shipped = its MI300X "
+            "FP8 configs, best = the best of a small sweep on this card. torch = "
+            "per-expert loop, bf16 weights (eager). fallback = ours without this "
+            "card's config files (nearest tuned device), its time / ours. rel err "
+            "= vs the float64 reference on the first 128 tokens; kernel err = ours "
+            "vs a float64 reference quantising the activations as our "
+            f"configuration does (bar < {KERNEL_TOL:g}). config = the device whose "
+            "config file ours used. mixtral-static = Mixtral with static "
+            "per-tensor activation scales (this problem's amax)."
         ),
         "",
         (
-            "| shape | M | ours ms | floor ms | ours/floor | AITER shipped ms "
-            "| shipped/ours | AITER best ms | best/ours | best cfg | issue-5 ms "
-            "| torch ms | TFLOP/s | %peak | rel err ours | kernel err ours "
-            "| rel err AITER |"
+            "| shape | M | ours ms | floor ms | ours/floor | vLLM GEMMs ms | ÷ | "
+            "vLLM whole ms | ÷ | AITER shipped ms | ÷ | AITER best ms | ÷ | "
+            "fallback ÷ | torch ms | TFLOP/s | %peak | rel err ours | kernel err "
+            "ours | rel err vLLM | rel err AITER | config | vLLM cfg | AITER best |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|" + "---|" * 24,
     ]
-    for r in results:
-        i5 = float("nan")
-        if r["M"] in MS and r["shape"] in AITER_ISSUE5:
-            i5 = AITER_ISSUE5[r["shape"]][MS.index(r["M"])]
+    for r in payload["results"]:
         o = r["ours_ms"]
+        nan = float("nan")
+        f = fb.get((r["shape"], r["M"]), nan)
         lines.append(
             f"| {r['shape']} | {r['M']} | {o:.4f} | {r['floor_ms']:.4f} | "
-            f"{o / r['floor_ms']:.2f} | {r['aiter_ms']:.4f} | "
+            f"{o / r['floor_ms']:.2f} | {r.get('vllm_gemms_ms', nan):.4f} | "
+            f"{r.get('vllm_gemms_ms', nan) / o:.2f} | {r.get('vllm_ms', nan):.4f} | "
+            f"{r.get('vllm_ms', nan) / o:.2f} | {r['aiter_ms']:.4f} | "
             f"{r['aiter_ms'] / o:.2f} | {r['aiter_best_ms']:.4f} | "
-            f"{r['aiter_best_ms'] / o:.2f} | {r['aiter_best'] or '-'} | {i5:.3f} | "
+            f"{r['aiter_best_ms'] / o:.2f} | {f / o:.2f} | "
             f"{r['torch_ms']:.3f} | {r['tflops']:.0f} | "
             f"{100 * r['tflops'] * 1e12 / fp8_peak:.0f} | {r['rel_err']:.2e} | "
             f"{r['kernel_err']:.2e}{'' if r['ok'] else ' FAIL'} | "
-            f"{r['aiter_err']:.2e} |"
+            f"{r.get('vllm_err', nan):.2e} | {r['aiter_err']:.2e} | "
+            f"{_config_label(r.get('config', '-'))} | {r.get('vllm_cfg', '-')} | "
+            f"{r['aiter_best'] or '-'} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def render_main(argv):
+    """``--render RUN.json [--fallback FALLBACK.json] [--out FILE.md]``: the table
+    from saved runs, without a GPU."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--render", required=True)
+    ap.add_argument("--fallback", default="")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    payload = json.loads(pathlib.Path(args.render).read_text())
+    fallback = (
+        json.loads(pathlib.Path(args.fallback).read_text()) if args.fallback else None
+    )
+    md = render(payload, fallback)
+    if args.out:
+        pathlib.Path(args.out).write_text(md)
+    print(md)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(render_main(sys.argv[1:]) if "--render" in sys.argv else main())

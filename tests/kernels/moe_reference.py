@@ -84,6 +84,13 @@ def qdq(x, group, fp8_dtype):
     return d.reshape(M, -1)[:, :K]
 
 
+def qdq_static(x, scale, fp8_dtype):
+    """Quantise-dequantise with one given scale (static activation scales)."""
+    fmax = torch.finfo(fp8_dtype).max
+    q = (x.to(torch.float32) / scale).clamp(-fmax, fmax).to(fp8_dtype)
+    return q.to(torch.float64) * scale
+
+
 def moe_reference(
     x,
     w13,
@@ -96,16 +103,22 @@ def moe_reference(
     x_group=None,
     h_group=None,
     h_dtype=None,
+    x_static=None,
+    h_static=None,
 ):
     """float64 MoE of the dequantised problem.
 
     With ``x_group``/``h_group`` the activations (input / intermediate) are
     quantised per (row, group) first, emulating the pipeline's FP8 activations;
     ``h_dtype`` rounds the intermediate to that dtype before (a bf16 intermediate).
+    ``x_static``/``h_static`` (floats): quantised with that one scale instead.
     """
     fp8 = w13.dtype
     N = w13.shape[1] // 2
-    xd = qdq(x, x_group, fp8) if x_group else x.to(torch.float64)
+    if x_static is not None:
+        xd = qdq_static(x, x_static, fp8)
+    else:
+        xd = qdq(x, x_group, fp8) if x_group else x.to(torch.float64)
     M = topk_ids.shape[0]
     out = torch.zeros(M, x.shape[1], dtype=torch.float64, device=x.device)
 
@@ -123,11 +136,28 @@ def moe_reference(
         h = torch.nn.functional.silu(gu[:, :N]) * gu[:, N:]
         if h_dtype is not None:
             h = h.to(h_dtype).to(torch.float64)
-        if h_group:
+        if h_static is not None:
+            h = qdq_static(h, h_static, fp8)
+        elif h_group:
             h = qdq(h, h_group, fp8)
         y = (h @ W2.T) * topk_weights[tok, col].to(torch.float64)[:, None]
         out.index_add_(0, tok, y)
     return out
+
+
+def intermediate_amax(x, w13, topk_ids, w13_scale, block_shape=None):
+    """Largest |silu(gate) * up| of the float64 intermediate over the routed
+    (token, expert) pairs: what a static intermediate scale is calibrated on."""
+    N = w13.shape[1] // 2
+    amax = 0.0
+    for e in torch.unique(topk_ids).tolist():
+        s = w13_scale.reshape(1) if w13_scale.numel() == 1 else w13_scale[e : e + 1]
+        W13 = dequant_weight(w13[e : e + 1], s, block_shape)[0]
+        tok = (topk_ids == e).nonzero(as_tuple=True)[0]
+        gu = x[tok].to(torch.float64) @ W13.T
+        h = torch.nn.functional.silu(gu[:, :N]) * gu[:, N:]
+        amax = max(amax, h.abs().max().item())
+    return amax
 
 
 def emulated_quantisation(cfg, K, block_shape, act_dtype):

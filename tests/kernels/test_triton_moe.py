@@ -31,6 +31,7 @@ import torch
 try:  # tests/ is a package in this repository; also runnable as loose files
     from .moe_reference import (
         emulated_quantisation,
+        intermediate_amax,
         load_triton_moe,
         make_problem,
         moe_reference,
@@ -40,6 +41,7 @@ try:  # tests/ is a package in this repository; also runnable as loose files
 except ImportError:
     from moe_reference import (
         emulated_quantisation,
+        intermediate_amax,
         load_triton_moe,
         make_problem,
         moe_reference,
@@ -257,7 +259,7 @@ def test_pipeline_kernel_error_vs_emulating_reference(cfg, mode):
     prob = make_problem(
         12, 256, 128, 4, 2, scale_mode=mode, block_shape=(64, 64), seed=5
     )
-    full = dict(tm._INTERPRETER_CONFIG, **cfg)
+    full = dict(tm._INTERPRETER_CONFIG.as_dict(), **cfg)
     out = _run(prob, config=full)
     ref = _ref(prob, **emulated_quantisation(full, 256, prob[-1], torch.bfloat16))
     assert rel_err(out, ref) < KERNEL_TOL
@@ -275,7 +277,7 @@ def test_gemm2_tiles_of_padding_rows_only():
     order = torch.randperm(30, generator=torch.Generator().manual_seed(9))
     prob = (*prob[:4], ids[order].reshape(15, 2).to(prob[4].dtype), *prob[5:])
     cfg = dict(
-        tm._INTERPRETER_CONFIG,
+        tm._INTERPRETER_CONFIG.as_dict(),
         quant_x=True,
         quant_h=True,
         reduce="buffer",
@@ -287,6 +289,54 @@ def test_gemm2_tiles_of_padding_rows_only():
     assert rel_err(out, ref) < KERNEL_TOL
 
 
+def _static_scales(prob, margin=1.0):
+    # Calibrated static scales: amax of the input and of the float64 intermediate.
+    x, w13, _w2, _tw, ti, s13, _s2, bs = prob
+    fmax = torch.finfo(w13.dtype).max
+    a13 = x.float().abs().amax().item() / fmax * margin
+    a2 = intermediate_amax(x, w13, ti, s13, bs) / fmax * margin
+    return a13, a2
+
+
+@pytest.mark.parametrize("chain2", [False, True])
+@pytest.mark.parametrize("mode", ["tensor", "channel", "block"])
+def test_static_activation_scales(mode, chain2):
+    # The checkpoint's per-tensor activation scales: x and the intermediate are
+    # quantised with them (no amax), per-tensor/channel weights scale once after
+    # the K loop in both GEMMs. Against a reference quantising the same way.
+    prob = make_problem(10, 256, 128, 4, 2, scale_mode=mode, seed=13)
+    a13, a2 = _static_scales(prob)
+    cfg = dict(tm._INTERPRETER_CONFIG.as_dict(), chain2=chain2)
+    out = _run(
+        prob,
+        a13_scale=torch.tensor(a13),
+        a2_scale=torch.full((4,), a2),  # one per expert: the largest is used
+        config=cfg,
+    )
+    ref = _ref(prob, x_static=a13, h_static=a2)
+    assert rel_err(out, ref) < KERNEL_TOL
+    assert rel_err(out, _ref(prob)) < FULL_TOL
+    # The given scale is the one used: a reference with a quarter of it
+    # (saturating the largest values) is far off.
+    assert rel_err(out, _ref(prob, x_static=a13, h_static=a2 / 4)) > 5 * KERNEL_TOL
+
+
+def test_static_scale_errors():
+    prob = make_problem(4, 128, 64, 4, 2)
+    _bad(prob, TypeError, a13_scale=torch.ones(1, dtype=torch.int32))
+    _bad(prob, ValueError, a2_scale=torch.ones(0))
+    _bad(prob, TypeError, a13_scale=1.0)
+
+
+def test_static_quant_matches_reference():
+    x = torch.randn(5, 256).to(torch.bfloat16) * 3
+    scale = torch.tensor([0.004])  # saturates the largest values
+    q = tm.static_quant_fp8(x, scale)
+    fmax = torch.finfo(torch.float8_e4m3fn).max
+    want = (x.float() / scale).clamp(-fmax, fmax).to(torch.float8_e4m3fn)
+    assert torch.equal(q.view(torch.uint8), want.view(torch.uint8))
+
+
 @pytest.mark.parametrize("mode", ["tensor", "channel", "block"])
 def test_per_token_x_scales(mode):
     # x_per_token: one x scale per token (no per-K-step scaling) with per-tensor
@@ -294,7 +344,9 @@ def test_per_token_x_scales(mode):
     prob = make_problem(
         12, 256, 128, 4, 2, scale_mode=mode, block_shape=(64, 64), seed=8
     )
-    cfg = dict(tm._INTERPRETER_CONFIG, quant_x=True, quant_h=True, x_per_token=True)
+    cfg = dict(
+        tm._INTERPRETER_CONFIG.as_dict(), quant_x=True, quant_h=True, x_per_token=True
+    )
     out = _run(prob, config=cfg)
     x_group = 128 if mode == "block" else 256
     ref = _ref(prob, x_group=x_group, h_group=cfg["bn1"])
@@ -354,24 +406,6 @@ def test_empty_batch():
     assert out.shape == (0, 128)
 
 
-def test_config_table_lookup():
-    cfg = tm.get_moe_config("no such card", 256, 256, 7168, 1, num_cols=9)
-    assert cfg["block_m"] == 16 and {"bn1", "bk1", "bn2", "bk2", "reduce"} <= set(cfg)
-    big = tm.get_moe_config("no such card", 8, 14336, 4096, 8192, num_cols=2)
-    assert big["block_m"] >= 64 and big["quant_h"]
-    key = ("test card", 8, 64, 128)
-    tm.MOE_CONFIGS[key] = {2: None, 16: {"bn1": 16}}
-    try:
-        assert tm.get_moe_config("test card", 8, 64, 128, 3)["bn1"] == 16
-        # None bucket and M past the last bucket: the heuristic answers.
-        heur = tm.get_moe_config("other card", 8, 64, 128, 1)
-        assert tm.get_moe_config("test card", 8, 64, 128, 1) == heur
-        heur = tm.get_moe_config("other card", 8, 64, 128, 300)
-        assert tm.get_moe_config("test card", 8, 64, 128, 300) == heur
-    finally:
-        del tm.MOE_CONFIGS[key]
-
-
 # ----------------------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------------------
@@ -417,4 +451,4 @@ def test_errors():
     _bad(prob, ValueError, num_fused_shared_experts=2)
     _bad(prob, ValueError, hidden_states=x[None])
     # GEMM2 tiles must split the alignment blocks evenly.
-    _bad(prob, ValueError, config=dict(tm._INTERPRETER_CONFIG, bm2=12))
+    _bad(prob, ValueError, config=dict(tm._INTERPRETER_CONFIG.as_dict(), bm2=12))

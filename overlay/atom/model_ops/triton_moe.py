@@ -50,8 +50,10 @@ float64 reference of the dequantised problem is dominated by the activation
 quantisation (about 3-5e-2 for e4m3).
 
 Building blocks (also public): :func:`moe_align_block_size`,
-:func:`per_token_group_quant_fp8`, :func:`moe_gemm1_silu`, :func:`moe_gemm2_reduce`,
-:func:`get_moe_config` / :data:`MOE_CONFIGS`.
+:func:`per_token_group_quant_fp8`, :func:`moe_gemm1_silu`, :func:`moe_gemm2_reduce`.
+Launch configurations are data (JSON files under ``configs/triton_moe/`` beside
+this module, schema :class:`MoeConfig`); :func:`select_moe_config` says which one
+the pipeline takes for a device, problem and M.
 
 Unsupported combinations raise ``TypeError`` (dtypes) or ``ValueError`` (shapes,
 scale layouts). No step synchronises with the host, so the whole pipeline can be
@@ -60,7 +62,11 @@ captured in a CUDA/HIP graph.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import math
+import pathlib
 from typing import NamedTuple
 
 import torch
@@ -68,14 +74,27 @@ import triton
 import triton.language as tl
 
 __all__ = [
-    "MOE_CONFIGS",
+    "CONFIG_DIR",
+    "ConfigChoice",
+    "DeviceInfo",
     "MoeAlignment",
+    "MoeConfig",
+    "MoeConfigError",
+    "MoePlan",
+    "config_file_name",
+    "device_info",
+    "device_slug",
     "fused_moe_fp8",
-    "get_moe_config",
+    "known_device",
+    "load_config_file",
     "moe_align_block_size",
     "moe_gemm1_silu",
     "moe_gemm2_reduce",
     "per_token_group_quant_fp8",
+    "plan_moe_fp8",
+    "select_moe_config",
+    "static_quant_fp8",
+    "tuned_config_file",
 ]
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
@@ -151,6 +170,15 @@ def _quant_rows(
     q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
     q = _round_to_fp8_grid(q, FP8_TINY, EXACT_ROUND)
     return q, scale
+
+
+@triton.jit
+def _quant_static(
+    x, scale, FP8_MAX: tl.constexpr, FP8_TINY: tl.constexpr, EXACT_ROUND: tl.constexpr
+):
+    # x float32 -> values on the FP8 grid (as float32) for one given scale.
+    q = tl.minimum(tl.maximum(x / scale, -FP8_MAX), FP8_MAX)
+    return _round_to_fp8_grid(q, FP8_TINY, EXACT_ROUND)
 
 
 @triton.jit
@@ -479,10 +507,12 @@ def _group_quant_kernel(
     GROUP: tl.constexpr,
     GROUP_P2: tl.constexpr,
     ROWS: tl.constexpr,
+    STATIC: tl.constexpr,
     FP8_MAX: tl.constexpr,
     FP8_TINY: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
 ):
+    # STATIC: s_ptr holds one given scale for the whole tensor (read, not written).
     pid = tl.program_id(0)
     g = pid * ROWS + tl.arange(0, ROWS)
     gm = g < num_groups
@@ -495,13 +525,16 @@ def _group_quant_kernel(
         mask=m,
         other=0.0,
     ).to(tl.float32)
-    q, s = _quant_rows(x, FP8_MAX, FP8_TINY, EXACT_ROUND)
+    if STATIC:
+        q = _quant_static(x, tl.load(s_ptr), FP8_MAX, FP8_TINY, EXACT_ROUND)
+    else:
+        q, s = _quant_rows(x, FP8_MAX, FP8_TINY, EXACT_ROUND)
+        tl.store(s_ptr + row * stride_sm + g % groups_per_row, s, mask=gm)
     tl.store(
         q_ptr + row[:, None].to(tl.int64) * stride_qm + col0[:, None] + c[None, :],
         q.to(q_ptr.dtype.element_ty),
         mask=m,
     )
-    tl.store(s_ptr + row * stride_sm + g % groups_per_row, s, mask=gm)
 
 
 def per_token_group_quant_fp8(
@@ -516,6 +549,24 @@ def per_token_group_quant_fp8(
     saturating). ``K`` must be a multiple of ``group_size``; the last dimension
     must be contiguous. One Triton launch.
     """
+    x = _check_quant_input(x, group_size, fp8_dtype)
+    M, K = x.shape
+    s = torch.empty((M, K // group_size), dtype=torch.float32, device=x.device)
+    return _group_quant(x, s, group_size, fp8_dtype, static=False), s
+
+
+def static_quant_fp8(
+    x: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_e4m3fn
+) -> torch.Tensor:
+    """Quantise ``x [M, K]`` to FP8 with one given float32 ``scale`` (a
+    checkpoint's static activation scale, one element): ``x ~= q * scale``,
+    round to nearest even, saturating. One Triton launch, no reduction."""
+    group = 128 if x.dim() == 2 and x.shape[1] % 128 == 0 else x.shape[-1]
+    x = _check_quant_input(x, max(group, 1), fp8_dtype)
+    return _group_quant(x, scale, max(group, 1), fp8_dtype, static=True)
+
+
+def _check_quant_input(x, group_size, fp8_dtype):
     if fp8_dtype not in _FP8_DTYPES:
         raise TypeError(f"fp8_dtype must be one of {_FP8_DTYPES}, got {fp8_dtype}")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -528,13 +579,18 @@ def per_token_group_quant_fp8(
         )
     if x.shape[1] and x.stride(1) != 1:
         x = x.contiguous()
+    return x
+
+
+def _group_quant(x, s, group_size, fp8_dtype, static):
+    # One launch of _group_quant_kernel: s receives the group scales, or (static)
+    # holds the one given scale.
     M, K = x.shape
     q = torch.empty((M, K), dtype=fp8_dtype, device=x.device)
     gpr = K // group_size
-    s = torch.empty((M, gpr), dtype=torch.float32, device=x.device)
     num_groups = M * gpr
     if num_groups == 0:
-        return q, s
+        return q
     gp2 = triton.next_power_of_2(group_size)
     rows = max(1, min(triton.next_power_of_2(num_groups), 4096 // gp2, 64))
     _group_quant_kernel[(triton.cdiv(num_groups, rows),)](
@@ -545,14 +601,15 @@ def per_token_group_quant_fp8(
         gpr,
         x.stride(0),
         q.stride(0),
-        s.stride(0),
+        0 if static else s.stride(0),
         GROUP=group_size,
         GROUP_P2=gp2,
         ROWS=rows,
+        STATIC=static,
         **_fp8_meta(fp8_dtype),
         num_warps=4,
     )
-    return q, s
+    return q
 
 
 # --------------------------------------------------------------------------------------
@@ -628,6 +685,15 @@ def _dot_fp8(a, b, UPCAST: tl.constexpr):
         a = a.to(tl.bfloat16)
         b = b.to(tl.bfloat16)
     return tl.dot(a, b)
+
+
+@triton.jit
+def _dot_fp8_acc(a, b, acc, UPCAST: tl.constexpr):
+    # acc + a . b, accumulated by the dot itself.
+    if UPCAST:
+        a = a.to(tl.bfloat16)
+        b = b.to(tl.bfloat16)
+    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -725,6 +791,7 @@ def _moe_gemm1_kernel(
     SBK: tl.constexpr,
     SCALAR_BS: tl.constexpr,
     OUT_QUANT: tl.constexpr,
+    OUT_STATIC: tl.constexpr,
     ZERO_OUT: tl.constexpr,
     UPCAST: tl.constexpr,
     FP8_MAX: tl.constexpr,
@@ -851,7 +918,11 @@ def _moe_gemm1_kernel(
     h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
     omask = row_ok[:, None] & n_ok[None, :]
     o_ptrs = out_ptr + rows64[:, None] * stride_om + offs_n[None, :]
-    if OUT_QUANT:
+    if OUT_QUANT and OUT_STATIC:
+        # The checkpoint's static scale of the intermediate (one float32).
+        hq = _quant_static(h, tl.load(out_scale_ptr), FP8_MAX, FP8_TINY, EXACT_ROUND)
+        tl.store(o_ptrs, hq.to(out_ptr.dtype.element_ty), mask=omask)
+    elif OUT_QUANT:
         hq, hs = _quant_rows(h, FP8_MAX, FP8_TINY, EXACT_ROUND)
         tl.store(o_ptrs, hq.to(out_ptr.dtype.element_ty), mask=omask)
         tl.store(out_scale_ptr + rows64 * stride_osm + pid_n, hs, mask=row_ok)
@@ -897,6 +968,8 @@ def _gemm2_tile(
     stride_twc,
     A_QUANT: tl.constexpr,
     A_GROUP: tl.constexpr,
+    A_ROW: tl.constexpr,
+    CHAIN: tl.constexpr,
     W_SCALE: tl.constexpr,
     SBN: tl.constexpr,
     SBK: tl.constexpr,
@@ -957,13 +1030,22 @@ def _gemm2_tile(
                 EXACT_ROUND,
             )
             b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        p = _dot_fp8(a, b, UPCAST)
-        acc = _scale_acc(
-            acc, p, a_s, ws_n, (k0 // SBK) * stride_wsk, n_ok, W_SCALE, SCALAR_BS
-        )
+        if A_ROW and CHAIN:
+            # One activation scale per row, no block scales: the K steps chain
+            # in the tensor cores' accumulator.
+            acc = _dot_fp8_acc(a, b, acc, UPCAST)
+        elif A_ROW:
+            acc += _dot_fp8(a, b, UPCAST)
+        else:
+            p = _dot_fp8(a, b, UPCAST)
+            acc = _scale_acc(
+                acc, p, a_s, ws_n, (k0 // SBK) * stride_wsk, n_ok, W_SCALE, SCALAR_BS
+            )
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wk
 
+    if A_ROW:
+        acc = acc * tl.load(as_rows, mask=row_ok, other=0.0)[:, None]
     acc = _out_scale(acc, ws_base, offs_n, n_ok, stride_wsn, W_SCALE)
     tok = flat // num_cols
     col = flat % num_cols
@@ -1021,6 +1103,8 @@ def _moe_gemm2_kernel(
     stride_twc,
     A_QUANT: tl.constexpr,
     A_GROUP: tl.constexpr,
+    A_ROW: tl.constexpr,
+    CHAIN: tl.constexpr,
     W_SCALE: tl.constexpr,
     SBN: tl.constexpr,
     SBK: tl.constexpr,
@@ -1085,6 +1169,8 @@ def _moe_gemm2_kernel(
                 stride_twc,
                 A_QUANT,
                 A_GROUP,
+                A_ROW,
+                CHAIN,
                 W_SCALE,
                 SBN,
                 SBK,
@@ -1134,6 +1220,8 @@ def _moe_gemm2_kernel(
             stride_twc,
             A_QUANT,
             A_GROUP,
+            A_ROW,
+            CHAIN,
             W_SCALE,
             SBN,
             SBK,
@@ -1181,228 +1269,423 @@ def _topk_sum_kernel(
 # --------------------------------------------------------------------------------------
 # Launch configurations
 # --------------------------------------------------------------------------------------
-# Keys: (device name, E, N, K) -> {M bucket upper bound: config}. A config holds
-#   block_m          rows per block (alignment and both GEMMs)
-#   bn1, bk1, w1, s1 GEMM1 tile N / K, num_warps, num_stages
-#   bn2, bk2, w2, s2 GEMM2 tile N / K, num_warps, num_stages
-#   split_k1         GEMM1 split over the hidden size (small M; last-arriving
-#                    program of a tile runs the epilogue)
-#   split_k2         GEMM2 split over the intermediate (atomic reduction only)
-#   group_m          grouped program ordering
-#   quant_x          True: separate per_token_group_quant_fp8 launch for x;
-#                    False: GEMM1 quantises x in its prologue (group = bk1)
-#   x_per_token      with quant_x and per-tensor/channel weight scales: one x
-#                    scale per token instead of per 128 columns, so GEMM1 adds
-#                    its products without per-K-step scaling. H100, Mixtral, one
-#                    process: 6.79 vs 7.55 ms at M=8192, 1.94 vs 2.12 at 2048,
-#                    0.713 vs 0.730 at 512; kernel error 3.5e-3 vs 3.6e-3,
-#                    relative error 4.43e-2 vs 4.33e-2 (AITER's: 4.66e-2)
-#   quant_h          True: GEMM1 writes the intermediate in FP8 (group = bn1);
-#                    False: bf16 intermediate quantised in GEMM2's prologue
-#   reduce           "atomic" (fp32 atomics) or "buffer" ([M*C, K] + sum)
-#   bm2              GEMM2 rows per tile, a divisor of block_m (None: block_m)
-#   persistent2      GEMM2 grid of this many programs per SM, each looping over
-#                    tiles with the next tile's loads overlapping the current
-#                    one's end (0: one program per tile)
-#   tma2             GEMM2 reads the FP8 intermediate and w2 through tensor
-#                    descriptors (TMA; sm_90+, else pointer loads)
-# Device names are torch.cuda.get_device_name() values; "" matches any device.
-# Entries are produced by benchmarks/tune_moe.py on the named card; a tuned entry
-# may omit keys (they default to _BASE).
-_BASE = {
-    "block_m": 16,
-    "bn1": 64,
-    "bk1": 128,
-    "w1": 4,
-    "s1": 4,
-    "bn2": 64,
-    "bk2": 128,
-    "w2": 4,
-    "s2": 4,
-    "split_k1": 1,
-    "split_k2": 1,
-    "group_m": 4,
-    "quant_x": False,
-    "quant_h": False,
-    "x_per_token": True,
-    "reduce": "atomic",
-    "bm2": None,
-    "persistent2": 0,
-    "tma2": False,
-}
+# Tuned configurations are data: one JSON file per (device, E, N, K, scale mode) in
+# this folder, written by benchmarks/tune_moe.py, named as vLLM and AITER name
+# theirs (see config_file_name). devices.json there describes each tuned device,
+# so that a device without files takes those of the nearest tuned one.
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs" / "triton_moe"
 
-# Tuned entries: {(device name, E, N, K): {M bucket upper bound: config or None}}.
-# The smallest bound >= M wins; None (or no bucket) means "use the heuristic of
-# _heuristic_config()". Configs list only what differs from _BASE. Produced by
-# benchmarks/tune_moe.py (one coordinate-descent pass, CUDA graph, L2 flushed);
-# kept only where the sweep beat the heuristic by more than its noise.
-_H100 = "NVIDIA H100 80GB HBM3"
-_LARGE_M = {"bn2": 128, "group_m": 8, "quant_x": True, "quant_h": True}
-# Block-FP8 shapes from ~64 rows per expert up: 128x128 GEMM1 tiles, the top-k
-# sum through the buffer. tune_moe.py on the H100, first from starts (16 warps as
-# Mixtral below): DSV3-EP1 M=8192 9.87 vs 13.52 ms (earlier entry), Qwen3 M=2048
-# 0.471 vs 0.507 and M=8192 1.342 vs 1.592 ms (heuristic), DSV3-TP8 M=2048 1.036
-# vs 1.103 and M=8192 2.531 vs 2.591 ms; then one descent pass at M=8192: 8 warps
-# (TP8 2.250, Qwen3 1.258, EP1 9.008 ms vs 2.352, 1.278, 9.786), 64-wide GEMM2
-# tiles (2.275 vs 2.360, 1.256 vs 1.278 ms; EP1 even), GEMM2 4 stages (2.291 vs
-# 2.361; EP1 9.516 vs 10.009 ms, 5 stages 9.276 but 2.867 for TP8). Then GEMM2
-# on a persistent grid with TMA operands, 128-wide tiles, 3 stages (the best of 32
-# GEMM2 variants on the H100 for all three shapes; whole pipeline, same process:
-# TP8 M=8192 1.928 vs 2.240 ms, M=2048 0.839 vs 0.949; Qwen3 1.101 vs 1.178 and
-# 0.402 vs 0.417; EP1 M=8192 9.389 vs 9.762).
-_LARGE_BLOCK_FP8 = dict(
-    _LARGE_M,
-    block_m=128,
-    bn1=128,
-    w1=8,
-    bn2=128,
-    w2=8,
-    s1=3,
-    s2=3,
-    reduce="buffer",
-    persistent2=1,
-    tma2=True,
-)
-# GEMM2 in 64-row tiles of 4 warps, two programs per SM: the two interleave their
-# per-step scaling with each other's tensor-core work. Whole pipeline, same
-# process, against _LARGE_BLOCK_FP8 (H100, two runs): Qwen3 M=2048 0.391 vs 0.404
-# ms, M=8192 1.059 vs 1.122 and 1.062 vs 1.099; TP8 M=8192 1.851 vs 1.942 and 1.847
-# vs 1.939 (M=2048 0.901 vs 0.838: see below); EP1 M=8192 9.20 vs 9.39 and 9.13
-# vs 9.27.
-_LARGE_BLOCK_FP8_TWO_PER_SM = dict(_LARGE_BLOCK_FP8, bm2=64, w2=4, persistent2=2)
-# DSV3-TP8 M=2048 (~64 rows per expert): 64-row alignment blocks, so GEMM1 runs
-# 64-row tiles too, and GEMM2 two per SM. Same process, H100, two runs: 0.790 vs
-# 0.835 and 0.790 vs 0.840 ms (_LARGE_BLOCK_FP8); 128-row blocks split in two for
-# GEMM2 gave 0.900 and 0.925. (At M=8192: 1.949 vs 1.850 ms, not there.)
-_BLOCK64_FP8_TWO_PER_SM = dict(_LARGE_BLOCK_FP8_TWO_PER_SM, block_m=64, bm2=None)
-MOE_CONFIGS: dict[tuple[str, int, int, int], dict[int, dict | None]] = {
-    # DeepSeek-V3 TP8 (E256, N256, hidden 7168), block FP8.
-    (_H100, 256, 256, 7168): {
-        7: None,
-        8: {"bn1": 32, "bn2": 128, "quant_x": True, "s1": 3, "s2": 2},
-        2047: None,
-        2048: _BLOCK64_FP8_TWO_PER_SM,
-        1 << 62: _LARGE_BLOCK_FP8_TWO_PER_SM,
-    },
-    # DeepSeek-V3 EP1 (E256, N2048).
-    # M=512 and 2048: benchmarks/tune_moe.py on the H100 (same run as the AITER
-    # peer): 4.144 vs 4.456 ms (heuristic; AITER best 4.299) at M=512, 4.863 vs
-    # 5.656 ms (AITER best 5.611) at M=2048.
-    (_H100, 256, 2048, 7168): {
-        # tune_moe.py: 64-wide GEMM2 tiles, 3 stages: 0.144 vs 0.156 ms (heuristic).
-        1: {"bn1": 32, "bn2": 64, "s2": 3, "quant_x": True, "quant_h": False},
-        511: None,
-        512: {"block_m": 32, "bn1": 128, "bn2": 128, "quant_x": True, "quant_h": True},
-        2047: None,
-        2048: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=4, s1=4, s2=4),
-        4096: None,
-        1 << 62: _LARGE_BLOCK_FP8_TWO_PER_SM,
-    },
-    # Qwen3-30B-A3B (E128, N768, hidden 2048), block FP8.
-    (_H100, 128, 768, 2048): {2047: None, 1 << 62: _LARGE_BLOCK_FP8_TWO_PER_SM},
-    # Mixtral 8x7B (E8, N14336, hidden 4096), per-tensor FP8.
-    (_H100, 8, 14336, 4096): {
-        # tune_moe.py: GEMM2 split 4 instead of 8, 0.169 vs 0.181 ms (heuristic).
-        # then 128-wide GEMM1 tiles: 0.154 vs 0.170 ms (AITER best 0.187).
-        1: {"bn1": 128, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
-        7: None,
-        # tune_moe.py: 0.460 vs 0.476 ms (heuristic; AITER best 0.464).
-        8: {"bn1": 128, "bn2": 128, "split_k2": 4, "quant_x": True, "quant_h": True},
-        31: None,
-        # tune_moe.py knob by knob (each 1-4 %), then together, same process, three
-        # runs: 0.505 vs 0.528-0.529 ms (heuristic; AITER best 0.516-0.517).
-        32: {
-            "bn1": 128,
-            "bn2": 128,
-            "w1": 8,
-            "s1": 5,
-            "s2": 3,
-            "quant_x": True,
-            "quant_h": True,
-        },
-        127: None,
-        128: {
-            "block_m": 64,
-            "bn1": 128,
-            "bn2": 128,
-            "split_k2": 2,
-            "quant_x": True,
-            "quant_h": True,
-        },
-        # A/B on the H100 (moe_bench harness): 0.800 vs 0.902 ms (heuristic) at
-        # M=512; tune_moe.py: 4 stages 0.748 vs 0.798 ms (AITER best 0.732).
-        512: dict(_LARGE_M, block_m=64, bn1=128, w1=8, w2=8, s1=4, s2=4),
-        # tune_moe.py: 4 GEMM1 stages once GEMM1 added its products per K step,
-        # 1.924 vs 1.999 ms. GEMM2 as at M=8192 below, unsplit (the split had
-        # won with pointer loads): GEMM2 alone 0.611 vs 0.731 ms, whole pipeline
-        # 1.837 vs 1.897 ms (same process, H100, best of 4).
-        2048: dict(_LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=4, s2=4, tma2=True),
-        # 128-row blocks; GEMM1's two 128x128 fp32 accumulators (gate, up) plus
-        # the per-K-step dot results need 16 warps to stay in registers:
-        # tune_moe.py 1.966 vs 2.461 ms at M=2048 (AITER best 1.899), 7.94 vs
-        # 9.01 ms at 8192 (AITER best 7.06). GEMM2's operands through TMA, 4
-        # stages: GEMM2 alone 2.142 vs 2.433 and 2.231 vs 2.576 ms, whole
-        # pipeline 6.601 vs 6.854 and 6.688 vs 6.843 ms (same process, H100, best
-        # of 4; either change alone within 1 %).
-        1 << 62: dict(
-            _LARGE_M, block_m=128, bn1=128, w1=16, w2=8, s1=3, s2=4, tma2=True
-        ),
-    },
-}
+
+class MoeConfigError(ValueError):
+    """A configuration (file entry or override) that breaks the MoeConfig schema."""
+
+
+_POW2_KNOBS = ("block_m", "bn1", "bk1", "w1", "bn2", "bk2", "w2", "group_m")
+_COUNT_KNOBS = ("s1", "s2", "split_k1", "split_k2")
+_BOOL_KNOBS = ("quant_x", "quant_h", "x_per_token", "tma2", "chain2")
+_REDUCE_MODES = ("atomic", "buffer")
+
+
+def _is_pow2(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1 and not v & (v - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """One launch configuration of the pipeline: the schema of the config files.
+
+    block_m           rows per block (alignment and both GEMMs)
+    bn1, bk1, w1, s1  GEMM1 tile N / K, num_warps, num_stages
+    bn2, bk2, w2, s2  GEMM2 tile N / K, num_warps, num_stages
+    split_k1          GEMM1 split over the hidden size (small M; the last program
+                      of a tile to arrive runs the epilogue)
+    split_k2          GEMM2 split over the intermediate (atomic reduction only)
+    group_m           grouped program ordering
+    quant_x           True: a separate quantisation launch for x; False: GEMM1
+                      quantises x in its prologue (group = bk1)
+    x_per_token       with quant_x and per-tensor/channel weight scales: one x scale
+                      per token instead of per 128 columns (GEMM1 then scales once,
+                      after its K loop)
+    quant_h           True: GEMM1 writes the intermediate in FP8 (group = bn1);
+                      False: a bf16 intermediate quantised in GEMM2's prologue
+    reduce            "atomic" (fp32 atomics) or "buffer" ([M*C, K] + a sum)
+    bm2               GEMM2 rows per tile, a divisor of block_m (None: block_m)
+    persistent2       GEMM2 grid of this many programs per SM, each looping over
+                      tiles (0: one program per tile)
+    tma2              GEMM2 reads the FP8 intermediate and w2 through tensor
+                      descriptors (sm_90+ with Triton's host descriptors; else
+                      pointer loads)
+    chain2            with one activation scale per row (static scales) and
+                      per-tensor/channel weights: GEMM2 chains its K steps in the
+                      tensor cores' accumulator instead of adding each in float32
+
+    Unknown keys and values of the wrong type or range are errors
+    (:class:`MoeConfigError`), not ignored.
+    """
+
+    block_m: int = 16
+    bn1: int = 64
+    bk1: int = 128
+    w1: int = 4
+    s1: int = 4
+    bn2: int = 64
+    bk2: int = 128
+    w2: int = 4
+    s2: int = 4
+    split_k1: int = 1
+    split_k2: int = 1
+    group_m: int = 4
+    quant_x: bool = False
+    quant_h: bool = False
+    x_per_token: bool = True
+    reduce: str = "atomic"
+    bm2: int | None = None
+    persistent2: int = 0
+    tma2: bool = False
+    chain2: bool = False
+
+    def __post_init__(self):
+        for name in _POW2_KNOBS:
+            if not _is_pow2(getattr(self, name)):
+                raise MoeConfigError(
+                    f"{name}={getattr(self, name)!r} must be a power of two"
+                )
+        for name in _COUNT_KNOBS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise MoeConfigError(f"{name}={v!r} must be an integer >= 1")
+        for name in _BOOL_KNOBS:
+            if not isinstance(getattr(self, name), bool):
+                raise MoeConfigError(
+                    f"{name}={getattr(self, name)!r} must be true or false"
+                )
+        if self.reduce not in _REDUCE_MODES:
+            raise MoeConfigError(
+                f"reduce={self.reduce!r} must be one of {_REDUCE_MODES}"
+            )
+        if self.bm2 is not None and not _is_pow2(self.bm2):
+            raise MoeConfigError(f"bm2={self.bm2!r} must be null or a power of two")
+        p = self.persistent2
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise MoeConfigError(f"persistent2={p!r} must be an integer >= 0")
+
+    @classmethod
+    def from_mapping(cls, data, where: str = "config") -> MoeConfig:
+        """A config from a mapping of knobs (the missing ones take the defaults);
+        ``where`` names the source in errors."""
+        if isinstance(data, MoeConfig):
+            return data
+        if not isinstance(data, dict):
+            raise MoeConfigError(
+                f"{where}: a config must be an object of knobs, got "
+                f"{type(data).__name__}"
+            )
+        unknown = sorted(set(data) - set(_KNOBS))
+        if unknown:
+            raise MoeConfigError(
+                f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(_KNOBS)}"
+            )
+        try:
+            return cls(**data)
+        except MoeConfigError as exc:
+            raise MoeConfigError(f"{where}: {exc}") from None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def overrides(self) -> dict:
+        """The knobs that differ from the defaults (what a config file lists)."""
+        return {k: v for k, v in self.as_dict().items() if v != _DEFAULTS[k]}
+
+
+_KNOBS = tuple(f.name for f in dataclasses.fields(MoeConfig))
+_DEFAULTS = MoeConfig().as_dict()
 
 # Under the interpreter every Triton op costs Python time, so few large tiles.
-_INTERPRETER_CONFIG = dict(
-    _BASE, block_m=16, bn1=64, bk1=64, bn2=128, bk2=64, w1=1, w2=1, s1=1, s2=1
+_INTERPRETER_CONFIG = MoeConfig(
+    block_m=16, bn1=64, bk1=64, bn2=128, bk2=64, w1=1, w2=1, s1=1, s2=1
 )
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type != "cuda":
-        return ""
-    return _cached_device_name(device.index if device.index is not None else -1)
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What config selection knows of a device (its class).
+
+    ``name``: ``torch.cuda.get_device_name()``; ``arch``: ``sm_90``, ``gfx942``
+    (ROCm's gcnArchName without its feature flags); ``num_sms``: multiprocessors
+    (compute units); ``smem_bytes``: shared memory (LDS) one program may use;
+    ``fp8``: tensor cores with a native FP8 dot for the pipeline's FP8 dtype.
+    """
+
+    name: str
+    arch: str
+    num_sms: int
+    smem_bytes: int
+    fp8: bool
+
+    @property
+    def vendor(self) -> str:
+        return "amd" if self.arch.startswith("gfx") else "nvidia"
 
 
-@functools.cache
-def _cached_device_name(index: int) -> str:
-    idx = torch.cuda.current_device() if index < 0 else index
-    return torch.cuda.get_device_name(idx)
+def device_slug(name: str) -> str:
+    """A device name as it goes into config file names (``NVIDIA_H200``)."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def get_moe_config(
+def config_file_name(
     device_name: str,
     num_experts: int,
     n: int,
     k: int,
+    *,
+    block_shape=None,
+    static_scales: bool = False,
+) -> str:
+    """The config file of a device and problem class: vLLM's and AITER's
+    convention plus the hidden size, e.g.
+    ``E=256,N=256,K=7168,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128,128].json``
+    (``n`` the intermediate size per partition, ``k`` the hidden size;
+    ``,static`` for per-tensor static activation scales)."""
+    return f"{_file_stem(num_experts, n, k, device_slug(device_name))}{_mode_suffix(block_shape, static_scales)}.json"
+
+
+def _file_stem(num_experts: int, n: int, k: int, slug: str) -> str:
+    return f"E={num_experts},N={n},K={k},device_name={slug},dtype=fp8_w8a8"
+
+
+def _mode_suffix(block_shape, static_scales: bool) -> str:
+    suffix = ""
+    if block_shape is not None:
+        suffix += f",block_shape=[{int(block_shape[0])},{int(block_shape[1])}]"
+    return suffix + (",static" if static_scales else "")
+
+
+def load_config_file(path) -> dict[int, MoeConfig | None]:
+    """The table of one config file: ``{M bucket upper bound: config}``, checked
+    against the schema (``null`` entries: the heuristic)."""
+    return dict(_load_table(str(path)))
+
+
+@functools.cache
+def _load_table(path: str) -> tuple:
+    try:
+        data = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise MoeConfigError(
+            f"{path}: cannot read a JSON config table ({exc})"
+        ) from None
+    if not isinstance(data, dict) or not data:
+        raise MoeConfigError(
+            f"{path}: a config table is a non-empty object {{M bucket: config}}"
+        )
+    rows = []
+    for key, cfg in data.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) >= 1):
+            raise MoeConfigError(
+                f"{path}: M bucket {key!r} must be a positive integer (as a string)"
+            )
+        where = f"{path}, M bucket {key}"
+        rows.append(
+            (int(key), None if cfg is None else MoeConfig.from_mapping(cfg, where))
+        )
+    return tuple(sorted(rows, key=lambda r: r[0]))
+
+
+@functools.cache
+def _tuned_devices(config_dir: str) -> dict[str, DeviceInfo]:
+    # devices.json: {device slug: {name, arch, num_sms, smem_bytes, fp8}}
+    path = pathlib.Path(config_dir) / "devices.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MoeConfigError(f"{path}: cannot read the device table ({exc})") from None
+    fields = {f.name: f for f in dataclasses.fields(DeviceInfo)}
+    out = {}
+    for slug, entry in data.items():
+        if not isinstance(entry, dict) or set(entry) != set(fields):
+            raise MoeConfigError(
+                f"{path}: device {slug!r} needs exactly the keys {', '.join(fields)}"
+            )
+        info = DeviceInfo(**entry)
+        bad = [
+            k
+            for k, want in (
+                ("name", str),
+                ("arch", str),
+                ("num_sms", int),
+                ("smem_bytes", int),
+                ("fp8", bool),
+            )
+            if not isinstance(getattr(info, k), want)
+            or (want is int and isinstance(getattr(info, k), bool))
+        ]
+        if bad or device_slug(info.name) != slug:
+            raise MoeConfigError(
+                f"{path}: device {slug!r}: wrong type of {', '.join(bad) or 'name'}"
+                " (or a name whose slug is not the key)"
+            )
+        out[slug] = info
+    return out
+
+
+def known_device(name_or_arch: str, config_dir=None) -> DeviceInfo:
+    """A tuned device's class by name (``"AMD Instinct MI300X"``) or arch
+    (``"gfx942"``: the first device of that arch in devices.json); for choosing
+    configs without the device at hand (offline builds)."""
+    devices = _tuned_devices(str(config_dir or CONFIG_DIR))
+    slug = device_slug(name_or_arch)
+    if slug in devices:
+        return devices[slug]
+    arch = name_or_arch.split(":")[0]
+    for info in devices.values():
+        if info.arch == arch:
+            return info
+    raise MoeConfigError(
+        f"no tuned device named or of arch {name_or_arch!r} in devices.json; "
+        f"known: {', '.join(devices) or 'none'}"
+    )
+
+
+class ConfigChoice(NamedTuple):
+    """What :func:`select_moe_config` chose and from where: ``source`` is the
+    config file's name, or ``"heuristic"``."""
+
+    config: MoeConfig
+    source: str
+
+
+def select_moe_config(
+    device: DeviceInfo | str,
+    num_experts: int,
+    n: int,
+    k: int,
     m: int,
-    num_cols: int | None = None,
-) -> dict:
-    """Launch configuration for a problem (``n`` intermediate, ``k`` hidden size).
+    *,
+    num_cols: int = 8,
+    block_shape=None,
+    static_scales: bool = False,
+    config_dir=None,
+) -> ConfigChoice:
+    """The launch configuration the pipeline uses for ``m`` tokens of a problem
+    (``n`` intermediate, ``k`` hidden size, ``num_cols`` routed columns per token)
+    on ``device`` (a :class:`DeviceInfo`, or a device name: then only its own files
+    count).
 
-    Looks up ``MOE_CONFIGS[(device_name, E, N, K)]``, then
-    ``MOE_CONFIGS[("", E, N, K)]`` (any device); inside an entry the smallest M
-    bucket ``>= m`` wins. Without an entry (or with a ``None`` bucket), a heuristic sized from the expected
-    rows per expert (``m * num_cols / E``, ``num_cols`` defaulting to 8) decides:
-    small tiles, in-kernel activation quantisation, split-K and atomics while
-    weight streaming dominates; large tiles, a separate quantisation pass and an
-    FP8 intermediate once the GEMMs are compute-bound. Returns a fresh dict.
+    1. The device's own file for the problem class, else the file of the nearest
+       tuned device of the same vendor (devices.json): same arch first, then one
+       whose shared memory fits in this device's, the same FP8 support, the
+       closest multiprocessor count. Static-scale files fall back to the dynamic
+       ones of the same weights.
+    2. Inside the file the smallest M bucket ``>= m`` wins, the largest bucket
+       also covers every larger M; a ``null`` bucket means the heuristic.
+    3. No file of the vendor: the heuristic (sized from the expected rows per
+       expert, ``m * num_cols / E``).
     """
-    for key in ((device_name, num_experts, n, k), ("", num_experts, n, k)):
-        table = MOE_CONFIGS.get(key)
-        if not table:
-            continue
-        bound = min((b for b in table if m <= b), default=None)
-        if bound is not None and table[bound] is not None:
-            return dict(_BASE, **table[bound])
-        break
-    return _heuristic_config(num_experts, n, k, m, 8 if num_cols is None else num_cols)
+    path = tuned_config_file(
+        device,
+        num_experts,
+        n,
+        k,
+        block_shape=block_shape,
+        static_scales=static_scales,
+        config_dir=config_dir,
+    )
+    if path is not None:
+        table = _load_table(str(path))
+        cfg = next((c for b, c in table if m <= b), table[-1][1])
+        if cfg is not None:
+            return ConfigChoice(cfg, path.name)
+    return ConfigChoice(_heuristic_config(num_experts, n, k, m, num_cols), "heuristic")
 
 
-def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> dict:
+def tuned_config_file(
+    device: DeviceInfo | str,
+    num_experts: int,
+    n: int,
+    k: int,
+    *,
+    block_shape=None,
+    static_scales: bool = False,
+    config_dir=None,
+) -> pathlib.Path | None:
+    """The config file :func:`select_moe_config` reads for a device and problem
+    class (the device's own, else the nearest tuned device's), or None."""
+    cdir = str(config_dir or CONFIG_DIR)
+    if isinstance(device, str):
+        device = _tuned_devices(cdir).get(device_slug(device)) or device
+    for static in (True, False) if static_scales else (False,):
+        suffix = _mode_suffix(block_shape, static)
+        path = _nearest_file(device, num_experts, n, k, suffix, cdir)
+        if path is not None:
+            return pathlib.Path(path)
+    return None
+
+
+@functools.cache  # the folder is read once per process
+def _nearest_file(device, num_experts, n, k, suffix, cdir) -> str | None:
+    files = {}
+    for path in pathlib.Path(cdir).glob(
+        f"E={num_experts},N={n},K={k},device_name=*.json"
+    ):
+        slug = path.name.split("device_name=", 1)[1].split(",dtype=", 1)[0]
+        if path.name == f"{_file_stem(num_experts, n, k, slug)}{suffix}.json":
+            files[slug] = str(path)
+    name = device if isinstance(device, str) else device.name
+    if device_slug(name) in files:
+        return files[device_slug(name)]
+    if isinstance(device, str):
+        return None
+    tuned = _tuned_devices(cdir)
+    peers = [tuned[s] for s in files if s in tuned and tuned[s].vendor == device.vendor]
+    if not peers:
+        return None
+
+    def distance(t: DeviceInfo):
+        return (
+            t.arch != device.arch,
+            t.smem_bytes > device.smem_bytes,
+            t.fp8 != device.fp8,
+            abs(math.log(max(t.num_sms, 1) / max(device.num_sms, 1))),
+            t.name,
+        )
+
+    return files[device_slug(min(peers, key=distance).name)]
+
+
+def device_info(device: torch.device) -> DeviceInfo:
+    """The class of a CUDA/ROCm device, from its properties."""
+    if device.type != "cuda":
+        return DeviceInfo("", "cpu", 4, 0, True)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _device_info_cuda(index)
+
+
+@functools.cache
+def _device_info_cuda(index: int) -> DeviceInfo:
+    p = torch.cuda.get_device_properties(index)
+    if torch.version.hip is not None:
+        arch = p.gcnArchName.split(":")[0]
+        smem = getattr(p, "shared_memory_per_block", 65536)
+        fp8 = "gfx94" in arch or "gfx95" in arch or arch.startswith("gfx12")
+    else:
+        arch = f"sm_{p.major}{p.minor}"
+        smem = getattr(p, "shared_memory_per_block_optin", 49152)
+        fp8 = (p.major, p.minor) >= (8, 9)
+    return DeviceInfo(
+        torch.cuda.get_device_name(index), arch, p.multi_processor_count, smem, fp8
+    )
+
+
+def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> MoeConfig:
     # Starting points from sweeps of benchmarks/tune_moe.py on H100/H200 (sm_90):
     # a separate activation-quantisation pass and an FP8 intermediate won almost
     # everywhere; small M wants many weight-streaming programs (narrow GEMM1
     # tiles, GEMM2 split-K), large M 64-row blocks with 4-warp GEMM1 tiles.
-    cfg = dict(_BASE, quant_x=True, bn2=128)
+    cfg = dict(_DEFAULTS, quant_x=True, bn2=128)
     rows = m * cols
     rpe = rows / max(num_experts, 1)  # expected rows per expert
     target = 264  # ~2 programs per SM of a large GPU
@@ -1433,7 +1716,7 @@ def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> di
         ):
             split *= 2
         cfg["split_k2"] = split
-        return cfg
+        return MoeConfig(**cfg)
     cfg.update(
         block_m=64 if rpe <= 512 else 128,
         bn1=64,
@@ -1445,7 +1728,7 @@ def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> di
         quant_h=True,
         reduce="atomic" if m * k <= (1 << 24) else "buffer",
     )
-    return cfg
+    return MoeConfig(**cfg)
 
 
 # --------------------------------------------------------------------------------------
@@ -1641,15 +1924,17 @@ def moe_gemm1_silu(
     act_dtype: torch.dtype,
     zero_out: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """GEMM1 over the aligned rows: ``silu(x W_gate^T) * (x W_up^T)``.
 
     ``x`` is either FP8 with ``x_scale [M, K / group]`` per (token, group)
-    scales (a single column: one scale per token) or bf16/fp16
-    (``x_scale=None``: quantised per (token, ``bk1``) group in the prologue).
-    Returns the intermediate in aligned (sorted) row order, ``[max_padded, N]``,
-    either FP8 with ``[max_padded, N / bn1]`` scales (``quant_out``) or in
-    ``act_dtype`` with ``None``. ``zero_out`` (float32, contiguous) is zeroed by
+    scales (a single column: one scale per token; a single element: one static
+    scale for all) or bf16/fp16 (``x_scale=None``: quantised per (token,
+    ``bk1``) group in the prologue). Returns the intermediate in aligned (sorted)
+    row order, ``[max_padded, N]``, either FP8 with ``[max_padded, N / bn1]``
+    scales (``quant_out``; with ``out_scale``, one static float32 scale, that
+    scale) or in ``act_dtype`` with ``None``. ``zero_out`` (float32, contiguous) is zeroed by
     the same launch. ``cfg["split_k1"] > 1`` splits the reduction over K (small
     M); it needs ``counters``, ``rows // block_m * cdiv(N, bn1)`` zeroed int32
     (left zeroed again).
@@ -1659,7 +1944,11 @@ def moe_gemm1_silu(
     rows = align.sorted_token_ids.numel()
     bm, bn, bk = align.block_m, cfg["bn1"], cfg["bk1"]
     numel = x.shape[0] * num_cols
-    if quant_out:
+    out_static = quant_out and out_scale is not None
+    if out_static:
+        out = torch.empty((rows, N), dtype=w13.dtype, device=x.device)
+        out_s = out_scale.reshape(1)
+    elif quant_out:
         out = torch.empty((rows, N), dtype=w13.dtype, device=x.device)
         out_s = torch.empty(
             (rows, triton.cdiv(N, bn)), dtype=torch.float32, device=x.device
@@ -1668,6 +1957,9 @@ def moe_gemm1_silu(
         out = torch.empty((rows, N), dtype=act_dtype, device=x.device)
         out_s = out  # unused
     a_quant = x_scale is None
+    x_static = not a_quant and x_scale.numel() == 1
+    if x_static:  # one scale for every row and group: zero strides
+        x_scale = x_scale.reshape(1, 1).expand(x.shape[0], 1)
     a_s = x if a_quant else x_scale
     x_group = bk if a_quant else K // x_scale.shape[1]
     num_pid_m = rows // bm
@@ -1710,7 +2002,7 @@ def moe_gemm1_silu(
         w13_scale.stride_k,
         w13_scale.up_offset,
         out.stride(0),
-        out_s.stride(0),
+        0 if out_static else out_s.stride(0),
         out_s if zero_out is None else zero_out,
         0 if zero_out is None else zero_out.numel(),
         A_QUANT=a_quant,
@@ -1722,6 +2014,7 @@ def moe_gemm1_silu(
         SBK=cfg.get("sbk", 1),
         SCALAR_BS=_scalar_block_scale(cfg, bn, N),
         OUT_QUANT=quant_out,
+        OUT_STATIC=out_static,
         ZERO_OUT=zero_out is not None,
         **_fp8_meta(w13.dtype, x.device),
         BLOCK_M=bm,
@@ -1750,7 +2043,10 @@ def moe_gemm2_reduce(
 ) -> torch.Tensor:
     """GEMM2 over the aligned intermediate, routing weights, top-k sum.
 
-    ``h`` comes from :func:`moe_gemm1_silu` (same alignment). The top-k sum is
+    ``h`` comes from :func:`moe_gemm1_silu` (same alignment); a single-element
+    ``h_scale`` is a static scale: with per-tensor/channel weights GEMM2 then
+    scales once after its K loop (``cfg["chain2"]``: the K steps chained in the
+    dot's accumulator), not per K step. The top-k sum is
     fused: fp32 atomics into an ``[M, K]`` accumulator (``reduce="atomic"``), a
     direct store when there is a single column, or (``reduce="buffer"``, large M)
     one row per (token, column) followed by a sum over the columns.
@@ -1776,6 +2072,8 @@ def moe_gemm2_reduce(
         out = torch.empty((num_tokens, K), dtype=out_dtype, device=dev)
     k_per_split, split_k = _split_k(N, split_k, bk)
     a_quant = h_scale is None
+    h_static = not a_quant and h_scale.numel() == 1
+    a_row = h_static and w2_scale.mode != _SCALE_BLOCK
     bm2 = cfg.get("bm2") or bm
     if bm % bm2:
         raise ValueError(f"bm2={bm2} must divide block_m={bm}")
@@ -1803,7 +2101,7 @@ def moe_gemm2_reduce(
         num_cols,
         k_per_split,
         h.stride(0),
-        0 if a_quant else h_scale.stride(0),
+        0 if a_quant or h_static else h_scale.stride(0),
         w2.stride(0),
         w2.stride(1),
         w2.stride(2),
@@ -1814,7 +2112,10 @@ def moe_gemm2_reduce(
         topk_weights.stride(0),
         topk_weights.stride(1),
         A_QUANT=a_quant,
-        A_GROUP=cfg.get("h_group", cfg["bn1"]),
+        # A static scale is one element: every K step reads element 0.
+        A_GROUP=max(N, 1) if h_static else cfg.get("h_group", cfg["bn1"]),
+        A_ROW=a_row,
+        CHAIN=a_row and bool(cfg.get("chain2", False)),
         W_SCALE=w2_scale.mode,
         SBN=cfg.get("sbn", 1),
         SBK=cfg.get("sbk", 1),
@@ -1919,6 +2220,179 @@ def _validate(
     return M, K, E, N
 
 
+def _static_scale(name: str, scale, device: torch.device) -> torch.Tensor | None:
+    # A checkpoint's static activation scale: one float32, or one per expert (the
+    # largest is taken: the activations are quantised once, before routing).
+    if scale is None:
+        return None
+    if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor or None")
+    if scale.numel() == 0:
+        raise ValueError(f"{name} is empty; give one scale or one per expert")
+    if scale.device != device:
+        raise ValueError(f"{name} must be on the activations' device {device}")
+    s = scale.float().reshape(-1)
+    return (s if s.numel() == 1 else s.amax()).reshape(1)
+
+
+class MoePlan(NamedTuple):
+    """A checked MoE problem and its launch configuration; its stages
+    (:meth:`align`, :meth:`gemm1`, :meth:`gemm2`) run the pipeline one step at
+    a time (:func:`plan_moe_fp8` builds it, :meth:`run` runs all three)."""
+
+    x: torch.Tensor
+    w13: torch.Tensor
+    w2: torch.Tensor
+    topk_weights: torch.Tensor
+    topk_ids: torch.Tensor
+    s13: _Scale
+    s2: _Scale
+    a13_scale: torch.Tensor | None
+    a2_scale: torch.Tensor | None
+    num_experts: int
+    cfg: dict
+
+    def align(self) -> tuple[MoeAlignment, torch.Tensor | None]:
+        """Routing alignment (with GEMM1's split-K counters zeroed)."""
+        cfg, E, N = self.cfg, self.num_experts, self.w2.shape[2]
+        counters = None
+        if int(cfg["split_k1"]) > 1:
+            rows = _max_padded(self.topk_ids.numel(), E, cfg["block_m"])
+            counters = torch.empty(
+                max(rows // cfg["block_m"] * triton.cdiv(N, cfg["bn1"]), 1),
+                dtype=torch.int32,
+                device=self.x.device,
+            )
+        align = moe_align_block_size(
+            self.topk_ids, cfg["block_m"], E, zero_buf=counters
+        )
+        return align, counters
+
+    def gemm1(self, align_out) -> tuple:
+        """Activation quantisation and GEMM1 + SiLU * up: ``(h, h scales, acc)``
+        (``acc``: GEMM2's zeroed float32 accumulator, or None)."""
+        align, counters = align_out
+        cfg, x, K = self.cfg, self.x, self.x.shape[1]
+        M, num_cols = self.topk_ids.shape
+        if self.a13_scale is not None:
+            xq, xs = static_quant_fp8(x, self.a13_scale, self.w13.dtype), self.a13_scale
+        elif cfg["quant_x"] and K % cfg["x_group"] == 0:
+            xq, xs = per_token_group_quant_fp8(x, cfg["x_group"], self.w13.dtype)
+        else:
+            xq, xs = x, None
+        acc = None
+        if _reduce_plan(cfg, num_cols)[0] == _REDUCE_ATOMIC:
+            acc = torch.empty((M, K), dtype=torch.float32, device=x.device)
+        h, hs = moe_gemm1_silu(
+            xq,
+            xs,
+            self.w13,
+            self.s13,
+            align,
+            num_cols,
+            cfg,
+            cfg["quant_h"],
+            x.dtype,
+            zero_out=acc,
+            counters=counters,
+            out_scale=self.a2_scale,
+        )
+        return h, hs, acc
+
+    def gemm2(self, align_out, gemm1_out) -> torch.Tensor:
+        """GEMM2 with the routing weights and the top-k sum: the output."""
+        h, hs, acc = gemm1_out
+        return moe_gemm2_reduce(
+            h,
+            hs,
+            self.w2,
+            self.s2,
+            self.topk_weights,
+            align_out[0],
+            self.x.shape[0],
+            self.cfg,
+            self.x.dtype,
+            acc=acc,
+        )
+
+    def run(self) -> torch.Tensor:
+        a = self.align()
+        return self.gemm2(a, self.gemm1(a))
+
+
+def plan_moe_fp8(
+    hidden_states: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    w13_scale: torch.Tensor,
+    w2_scale: torch.Tensor,
+    block_shape: tuple[int, int] | list[int] | None = None,
+    num_fused_shared_experts: int = 0,
+    a13_scale: torch.Tensor | None = None,
+    a2_scale: torch.Tensor | None = None,
+    config: MoeConfig | dict | None = None,
+) -> MoePlan:
+    """Check a problem (arguments of :func:`fused_moe_fp8`) and choose its launch
+    configuration; M must be > 0."""
+    M, K, E, N = _validate(
+        hidden_states,
+        w13,
+        w2,
+        topk_weights,
+        topk_ids,
+        block_shape,
+        num_fused_shared_experts,
+    )
+    s13 = _classify_scale("w13_scale", w13_scale, E, 2 * N, K, block_shape, True)
+    s2 = _classify_scale("w2_scale", w2_scale, E, K, N, block_shape, False)
+    for sc in (s13, s2):
+        if sc.tensor.device != w13.device:
+            raise ValueError("weight scales must be on the weights' device")
+    a13 = _static_scale("a13_scale", a13_scale, hidden_states.device)
+    a2 = _static_scale("a2_scale", a2_scale, hidden_states.device)
+    num_cols = topk_ids.shape[1]
+    static = a13 is not None or a2 is not None
+    if config is not None:
+        cfg = MoeConfig.from_mapping(config).as_dict()
+    elif _interpreting():
+        cfg = _INTERPRETER_CONFIG.as_dict()
+    else:
+        cfg = select_moe_config(
+            device_info(hidden_states.device),
+            E,
+            N,
+            K,
+            M,
+            num_cols=num_cols,
+            block_shape=block_shape,
+            static_scales=static,
+        ).config.as_dict()
+    if a2 is not None:
+        cfg["quant_h"] = True  # the intermediate is quantised with the given scale
+
+    # K tiles must respect the scale groups: x groups are 128 wide, block scales
+    # are bk wide; the intermediate's groups are bn1 wide.
+    if block_shape is not None:
+        sbn, sbk = int(block_shape[0]), int(block_shape[1])
+        cfg["bk1"] = min(cfg["bk1"], sbk)
+        cfg["bk2"] = min(cfg["bk2"], sbk)
+        cfg["sbn"], cfg["sbk"] = sbn, sbk
+    cfg["bk1"] = min(cfg["bk1"], 128)
+    if cfg["quant_h"] and a2 is None:
+        cfg["bk2"] = min(cfg["bk2"], cfg["bn1"])
+    cfg["h_group"] = cfg["bn1"]
+    # Per-token x scales only without block scales (those need K-step scaling).
+    cfg["x_group"] = K if cfg["x_per_token"] and block_shape is None else 128
+
+    x = hidden_states
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    return MoePlan(x, w13, w2, topk_weights, topk_ids, s13, s2, a13, a2, E, cfg)
+
+
 def fused_moe_fp8(
     hidden_states: torch.Tensor,
     w13: torch.Tensor,
@@ -1930,93 +2404,39 @@ def fused_moe_fp8(
     w2_scale: torch.Tensor,
     block_shape: tuple[int, int] | list[int] | None = None,
     num_fused_shared_experts: int = 0,
-    config: dict | None = None,
-    _stop_after: str | None = None,
+    a13_scale: torch.Tensor | None = None,
+    a2_scale: torch.Tensor | None = None,
+    config: MoeConfig | dict | None = None,
 ) -> torch.Tensor:
     """FP8 MoE forward: route, GEMM1 + SiLU*up, GEMM2 + weighted top-k sum.
 
-    See the module docstring for the argument contract. ``config`` overrides the
-    launch configuration from :func:`get_moe_config` (used by the tuner; missing
-    keys default to ``_BASE``). ``_stop_after`` ("align" / "gemm1") is for the
-    benchmark's per-stage breakdown only.
+    See the module docstring for the argument contract. ``a13_scale`` /
+    ``a2_scale``: the checkpoint's static activation scales of the input and of
+    the intermediate (one float32, or one per expert: the largest is used); with
+    them the activations are quantised with those scales (no amax reduction) and,
+    for per-tensor/channel weights, both GEMMs scale once after their K loop.
+    ``config`` overrides the launch configuration of :func:`select_moe_config`
+    (a :class:`MoeConfig` or a mapping of its knobs; the tuner's). The stages can
+    be run one at a time through :func:`plan_moe_fp8`.
     """
-    M, K, E, N = _validate(
+    plan = plan_moe_fp8(
         hidden_states,
         w13,
         w2,
         topk_weights,
         topk_ids,
-        block_shape,
-        num_fused_shared_experts,
+        w13_scale=w13_scale,
+        w2_scale=w2_scale,
+        block_shape=block_shape,
+        num_fused_shared_experts=num_fused_shared_experts,
+        a13_scale=a13_scale,
+        a2_scale=a2_scale,
+        config=config,
     )
-    dtype = hidden_states.dtype
-    s13 = _classify_scale("w13_scale", w13_scale, E, 2 * N, K, block_shape, True)
-    s2 = _classify_scale("w2_scale", w2_scale, E, K, N, block_shape, False)
-    for sc in (s13, s2):
-        if sc.tensor.device != w13.device:
-            raise ValueError("weight scales must be on the weights' device")
-    if M == 0:
-        return torch.empty((0, K), dtype=dtype, device=hidden_states.device)
-    num_cols = topk_ids.shape[1]
-
-    if config is not None:
-        cfg = dict(_BASE, **config)
-    elif _interpreting():
-        cfg = dict(_INTERPRETER_CONFIG)
-    else:
-        cfg = get_moe_config(
-            _device_name(hidden_states.device), E, N, K, M, num_cols=num_cols
+    if hidden_states.shape[0] == 0:
+        return torch.empty(
+            (0, hidden_states.shape[1]),
+            dtype=hidden_states.dtype,
+            device=hidden_states.device,
         )
-
-    # K tiles must respect the scale groups: x groups are 128 wide, block scales
-    # are bk wide; the intermediate's groups are bn1 wide.
-    if block_shape is not None:
-        sbn, sbk = int(block_shape[0]), int(block_shape[1])
-        cfg["bk1"] = min(cfg["bk1"], sbk)
-        cfg["bk2"] = min(cfg["bk2"], sbk)
-        cfg["sbn"], cfg["sbk"] = sbn, sbk
-    cfg["bk1"] = min(cfg["bk1"], 128)
-    if cfg["quant_h"]:
-        cfg["bk2"] = min(cfg["bk2"], cfg["bn1"])
-    cfg["h_group"] = cfg["bn1"]
-    # Per-token x scales only without block scales (those need K-step scaling).
-    x_group = K if cfg["x_per_token"] and block_shape is None else 128
-
-    x = hidden_states
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    tw = topk_weights
-    counters = None
-    if int(cfg.get("split_k1", 1)) > 1:
-        rows = _max_padded(topk_ids.numel(), E, cfg["block_m"])
-        counters = torch.empty(
-            max(rows // cfg["block_m"] * triton.cdiv(N, cfg["bn1"]), 1),
-            dtype=torch.int32,
-            device=x.device,
-        )
-    align = moe_align_block_size(topk_ids, cfg["block_m"], E, zero_buf=counters)
-    if _stop_after == "align":
-        return align
-    if cfg["quant_x"] and K % x_group == 0:
-        xq, xs = per_token_group_quant_fp8(x, x_group, w13.dtype)
-    else:
-        xq, xs = x, None
-    acc = None
-    if _reduce_plan(cfg, num_cols)[0] == _REDUCE_ATOMIC:
-        acc = torch.empty((M, K), dtype=torch.float32, device=x.device)
-    h, hs = moe_gemm1_silu(
-        xq,
-        xs,
-        w13,
-        s13,
-        align,
-        num_cols,
-        cfg,
-        cfg["quant_h"],
-        dtype,
-        zero_out=acc,
-        counters=counters,
-    )
-    if _stop_after == "gemm1":
-        return h
-    return moe_gemm2_reduce(h, hs, w2, s2, tw, align, M, cfg, dtype, acc=acc)
+    return plan.run()
