@@ -131,11 +131,10 @@ def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
         )
     pinned = re.fullmatch(r"[0-9a-f]{40}", ref) is not None
     if upstream is not None or not pinned or resolve(ref) is None:
-        update_cache(
-            upstream or DEFAULT_UPSTREAM,
-            "main" if pinned else ref,
-            required=upstream is not None,
-        )
+        # main and the tags first: a tag, or a commit of main's history, resolves then
+        update_cache(upstream or DEFAULT_UPSTREAM, required=upstream is not None)
+        if not pinned and resolve(ref) is None:  # then it must be another branch
+            update_cache(upstream or DEFAULT_UPSTREAM, ref, required=True)
     sha = resolve(ref)
     if sha is None:
         raise UserError(
