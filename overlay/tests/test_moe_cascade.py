@@ -211,14 +211,11 @@ def test_off_ck_weights_keep_their_layout_and_requantise_in_torch(monkeypatch):
     assert torch.equal(w, before) and not getattr(w, "is_shuffled", False)
 
     fp8 = torch.float8_e4m3fn
-    quant = cascade.fp8_moe_requant("triton", QuantType.per_Tensor, fp8)
+    quant = cascade.fp8_per_tensor_requant(fp8)
     q, scale = quant(torch.tensor([1.0, -2.0, 1e6]), torch.tensor(0.5))
     assert q.dtype == fp8 and scale == 0.5
     assert q.float().tolist() == [2.0, -4.0, torch.finfo(fp8).max]  # saturated
     assert fake.names() == []  # no AITER kernel off CK
-
-    cascade.fp8_moe_requant("ck", QuantType.per_Tensor, fp8)
-    assert fake.names() == ["aiter.get_hip_quant"]
 
 
 def test_why_flydsl_cannot_serve_a_quantisation_mode(monkeypatch):

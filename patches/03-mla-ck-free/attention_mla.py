@@ -7,7 +7,6 @@ Triton decode, on ``ATOM_USE_TRITON_MLA_DECODE=1``.
 import libcst.matchers as m
 
 from atom_ckfree.edits import (
-    AddImport,
     InsertStatements,
     ReplaceStatement,
     WrapInCondition,
@@ -48,10 +47,13 @@ EDITS = [
         before=stmt("from functools import partial as functools_partial"),
         code="from functools import cache as functools_cache",
     ),
-    AddImport(
+    # (with the module's first imports: AddImport would put it after the Triton
+    # imports half-way down the file)
+    InsertStatements(
         "attention-mla.import-ck-free-helpers",
-        "atom.model_ops.ck_free_mla",
-        ("to_model_dtype", "varlen_causal_attention"),
+        scope="",
+        after=stmt("from atom.model_ops.utils import get_and_maybe_dequant_weights"),
+        code="from atom.model_ops.ck_free_mla import to_model_dtype, varlen_causal_attention",
     ),
     # After the import section, so that it does not split an import block in two;
     # in this module's namespace, which the hooks below read.

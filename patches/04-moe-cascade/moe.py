@@ -9,7 +9,6 @@ supported) or the portable Triton pipeline run, on weights in their own layout.
 from atom_ckfree.edits import (
     AddImport,
     InsertStatements,
-    ReplaceStatement,
     WrapInCondition,
     assign,
     if_test,
@@ -55,8 +54,8 @@ EDITS = [
             "fp8_moe_block_shape",
             "fp8_moe_fit_flydsl",
             "fp8_moe_flydsl_unsupported",
-            "fp8_moe_requant",
             "fp8_moe_weight_shuffle",
+            "fp8_per_tensor_requant",
             "select_fp8_moe_backend",
         ),
     ),
@@ -112,15 +111,12 @@ EDITS = [
         shuffle_weights = fp8_moe_weight_shuffle(self.moe_backend)  # per backend
         """,
     ),
-    ReplaceStatement(
+    WrapInCondition(
         "moe.fp8.requant-without-aiter-off-ck",
         scope="Fp8MoEMethod.process_weights_after_loading",
         anchor=stmt("quant_func = get_hip_quant(self.quant_type)"),
-        code="""
-        quant_func = fp8_moe_requant(
-            self.moe_backend, self.quant_type, layer.w13_weight.dtype
-        )
-        """,
+        condition="self.moe_backend == MOE_BACKEND_CK",
+        orelse="quant_func = fp8_per_tensor_requant(layer.w13_weight.dtype)",
     ),
     InsertStatements(
         "moe.fp8.dispatch",

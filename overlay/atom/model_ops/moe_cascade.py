@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 
 import torch
-from aiter import QuantType, get_hip_quant
+from aiter import QuantType
+
 from atom.model_ops.utils import shuffle_weights
 from atom.utils import envs
 
@@ -158,10 +159,9 @@ def _quant_fp8_per_tensor(
     return q.to(fp8_dtype), scale
 
 
-def fp8_moe_requant(backend: str, quant_type: QuantType, fp8_dtype: torch.dtype):
-    """The per-tensor requantisation of w1/w3 to one scale per expert."""
-    if backend == MOE_BACKEND_CK:
-        return get_hip_quant(quant_type)
+def fp8_per_tensor_requant(fp8_dtype: torch.dtype):
+    """The per-tensor requantisation of w1/w3 to one scale per expert, off CK
+    (CK keeps AITER's ``get_hip_quant``)."""
     return functools.partial(_quant_fp8_per_tensor, fp8_dtype=fp8_dtype)
 
 
