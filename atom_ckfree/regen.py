@@ -80,10 +80,9 @@ def stacked_diffs(all_series: list[Series], read) -> list[Expected]:
     return found
 
 
-def write(expected: list[Expected]) -> list[Expected]:
-    """Write the stale ones; return them."""
-    stale = [e for e in expected if not e.current]
-    for e in stale:
-        e.path.parent.mkdir(exist_ok=True)
-        e.path.write_text(e.diff)
-    return stale
+def write(expected: list[Expected]) -> None:
+    """Write the expected diffs that are stale; leave the others untouched."""
+    for e in expected:
+        if not e.current:
+            e.path.parent.mkdir(exist_ok=True)
+            e.path.write_text(e.diff)
