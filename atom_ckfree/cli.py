@@ -15,8 +15,18 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from . import DEFAULT_UPSTREAM, PIN, engine, export, report, sweep, upstream, verify
-from .errors import CkfreeError, FaultError, UserError
+from . import (
+    DEFAULT_UPSTREAM,
+    PIN,
+    engine,
+    export,
+    regen,
+    report,
+    sweep,
+    upstream,
+    verify,
+)
+from .errors import CkfreeError, DriftError, FaultError, UserError
 from .series import load_all, select
 from .workspace import AtomTree
 
@@ -243,6 +253,36 @@ def cmd_sweep(args) -> int:
     return 0 if all(v.verdict in sweep.GOOD for v in reports[-1].verdicts) else 1
 
 
+def cmd_regen(args) -> int:
+    expected = regen.stacked_diffs(load_all(), regen.pin_reader())
+    stale = [e for e in expected if not e.current]
+    if not args.check:
+        regen.write(expected)
+    if args.json:
+        report.print_json(
+            [
+                {
+                    "series": e.series.number,
+                    "name": e.series.name,
+                    "expected": str(e.path),
+                    "current": e.current,
+                }
+                for e in expected
+            ]
+        )
+    else:
+        verb = "stale" if args.check else "written"
+        for e in expected:
+            state = "current" if e.current else verb
+            report.console.print(f"{e.series.name}: {state}", markup=False)
+    if args.check and stale:
+        raise DriftError(
+            "expected diffs out of date: " + ", ".join(e.series.name for e in stale),
+            "run `apply-patches regen` and review the change to expected/pin.diff",
+        )
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
@@ -382,6 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="also write the report as markdown to this file")
     p.add_argument(
         "--no-3way", action="store_true", help="skip the git apply --3way comparison"
+    )
+    p = verb(
+        "regen",
+        cmd_regen,
+        "write each series' effect on the pin to patches/NN-slug/expected/pin.diff",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 naming the series whose expected diff is stale",
     )
     return parser
 

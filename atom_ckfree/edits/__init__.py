@@ -14,6 +14,7 @@ from .python import (
     WrapInCondition,
     found,
 )
+from .snippets import snippet
 
 __all__ = [
     "FORMATS",
@@ -32,6 +33,7 @@ __all__ = [
     "defn",
     "if_test",
     "matching",
+    "snippet",
     "stmt",
 ]
 

@@ -88,38 +88,42 @@ def padded(tables, width):
 @pytest.mark.parametrize("ratio", [1, 4, 16])
 @pytest.mark.parametrize("seed", range(4))
 def test_paged_kv_metadata_matches_a_plain_loop(monkeypatch, ratio, seed):
-    backend = load_backend(monkeypatch)
+    load_backend(monkeypatch)
+    from atom.model_ops import ck_free_mla
+
     rng = random.Random(seed * 31 + ratio)
     width = 6
     tables, lens = random_batch(rng, rng.randint(1, 9), ratio, width)
     ref_indptr, ref_indices, ref_rows = reference(tables, lens, ratio)
 
     bt_np = np.full((len(tables) + 2, width), 7, dtype=np.int32)  # stale rows
-    backend.fill_block_tables(bt_np, tables)
+    ck_free_mla.fill_block_tables(bt_np, tables)
     np.testing.assert_array_equal(bt_np[: len(tables)], padded(tables, width))
 
     bt = torch.from_numpy(bt_np[: len(tables)])
     ctx = torch.tensor(lens, dtype=torch.int32)
-    slots = backend.block_table_slots(bt, ctx, ratio)
+    slots = ck_free_mla.block_table_slots(bt, ctx, ratio)
     assert slots.shape == (len(tables), width * ratio)
     for row, ref in zip(slots.tolist(), ref_rows):
         assert row[: len(ref)] == ref and set(row[len(ref) :]) <= {-1}
 
     indptr_buf = torch.full((32,), -5, dtype=torch.int32)
-    indptr = backend.paged_kv_indptr(ctx, indptr_buf)
+    indptr = ck_free_mla.paged_kv_indptr(ctx, indptr_buf)
     assert indptr.tolist() == ref_indptr
 
     indices_buf = torch.full((width * ratio * 10 + 1,), -5, dtype=torch.int32)
-    indices = backend.paged_kv_indices(slots, indptr, sum(lens), indices_buf)
+    indices = ck_free_mla.paged_kv_indices(slots, indptr, sum(lens), indices_buf)
     assert indices.dtype == torch.int32
     assert indices.tolist() == ref_indices
     assert set(indices_buf[sum(lens) :].tolist()) <= {-5}  # nothing written past
 
 
 def test_fill_block_tables_of_an_empty_batch(monkeypatch):
-    backend = load_backend(monkeypatch)
+    load_backend(monkeypatch)
+    from atom.model_ops import ck_free_mla
+
     dst = np.ones((3, 4), dtype=np.int32)
-    backend.fill_block_tables(dst, [[], []])
+    ck_free_mla.fill_block_tables(dst, [[], []])
     assert dst[:2].sum() == 0 and dst[2].sum() == 4
 
 
@@ -206,7 +210,8 @@ def test_flag_off_with_ck_leaves_upstream_metadata(monkeypatch):
 
 
 def test_no_host_sync_in_the_device_builders(monkeypatch):
-    backend = load_backend(monkeypatch)
+    load_backend(monkeypatch)
+    from atom.model_ops import ck_free_mla
 
     def refuse(*a, **k):
         raise AssertionError("host sync")
@@ -215,8 +220,10 @@ def test_no_host_sync_in_the_device_builders(monkeypatch):
     ctx = torch.tensor([7, 2], dtype=torch.int32)
     monkeypatch.setattr(torch.Tensor, "item", refuse)
     monkeypatch.setattr(torch.Tensor, "tolist", refuse)
-    slots = backend.block_table_slots(bt, ctx, 4)
-    indptr = backend.paged_kv_indptr(ctx, torch.zeros(3, dtype=torch.int32))
-    out = backend.paged_kv_indices(slots, indptr, 9, torch.zeros(9, dtype=torch.int32))
+    slots = ck_free_mla.block_table_slots(bt, ctx, 4)
+    indptr = ck_free_mla.paged_kv_indptr(ctx, torch.zeros(3, dtype=torch.int32))
+    out = ck_free_mla.paged_kv_indices(
+        slots, indptr, 9, torch.zeros(9, dtype=torch.int32)
+    )
     monkeypatch.undo()
     assert out.tolist() == [4, 5, 6, 7, 8, 9, 10, 12, 13]

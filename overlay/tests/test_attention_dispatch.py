@@ -97,10 +97,24 @@ def test_kv_scale_is_a_buffer_following_the_module(monkeypatch):
 
 
 def test_prefill_block_table_vectorised(monkeypatch):
-    _, mha = load(ck=True, monkeypatch=monkeypatch)
+    load(ck=True, monkeypatch=monkeypatch)
+    from atom.model_ops import ck_free_mha
+
     cu = torch.tensor([0, 3, 3, 4, 9], dtype=torch.int32)  # incl. empty, length 1
-    table = mha.prefill_block_table(cu, 5)
+    table = ck_free_mha.prefill_block_table(cu, 5)
     assert table.dtype == torch.int32 and table.shape == (4, 5)
     assert table[0, :3].tolist() == [0, 1, 2]
     assert table[2, 0] == 3 and table[3].tolist() == [4, 5, 6, 7, 8]
     assert int(table.max()) <= 8 and int(table.min()) >= 0
+
+
+def test_per_token_kv_scale_written_at_each_slot(monkeypatch):
+    load(ck=True, monkeypatch=monkeypatch)
+    from atom.model_ops import ck_free_mha
+
+    buf = torch.zeros(2, 3, 4)  # [blocks, kv heads, block size]
+    slots = torch.tensor([[5, -1]])  # block 1 offset 1; a padded slot
+    ck_free_mha.fill_per_token_kv_scale(buf, slots, torch.tensor(0.5))
+    assert buf[1, :, 1].tolist() == [0.5] * 3
+    assert buf[0, :, 0].tolist() == [0.5] * 3  # -1 rewrites slot 0, same scale
+    assert buf.count_nonzero() == 6

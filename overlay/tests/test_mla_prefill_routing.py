@@ -82,24 +82,30 @@ def reference(q, k, v, cu, scale):
 
 @pytest.mark.parametrize("lens", [[5, 0, 1, 7], [1], [3, 3, 3], [0, 9, 2]])
 def test_varlen_fallback_matches_float64(monkeypatch, lens):
-    _, mla = load(monkeypatch)
+    load(monkeypatch)
+    from atom.model_ops import ck_free_mla
+
     torch.manual_seed(0)
     cu, _ = ragged(lens)
     t = sum(lens)
     q, k, v = torch.randn(t, H, 24), torch.randn(t, H, 24), torch.randn(t, H, 16)
-    got = mla.varlen_causal_attention(q, k, v, cu, cu, max(lens), max(lens), 0.3)
+    got = ck_free_mla.varlen_causal_attention(
+        q, k, v, cu, cu, max(lens), max(lens), 0.3
+    )
     torch.testing.assert_close(
         got.double(), reference(q, k, v, cu, 0.3), atol=1e-5, rtol=1e-5
     )
 
 
 def test_prefix_offset_is_bottom_right_causal(monkeypatch):
-    _, mla = load(monkeypatch)
+    load(monkeypatch)
+    from atom.model_ops import ck_free_mla
+
     q, k, v = torch.randn(2, 1, 8), torch.randn(5, 1, 8), torch.randn(5, 1, 8)
     cu_q, cu_k = torch.tensor([0, 2], dtype=torch.int32), torch.tensor(
         [0, 5], dtype=torch.int32
     )
-    got = mla.varlen_causal_attention(q, k, v, cu_q, cu_k, 2, 5, 1.0)
+    got = ck_free_mla.varlen_causal_attention(q, k, v, cu_q, cu_k, 2, 5, 1.0)
     w = (q[:, 0] @ k[:, 0].T).masked_fill(
         torch.tensor([[0, 0, 0, 0, 1], [0, 0, 0, 0, 0]]).bool(), float("-inf")
     )
@@ -281,11 +287,15 @@ def test_same_dtype_is_passed_through_unchanged(monkeypatch):
 
 
 def test_fp8_cast_dequantises_with_the_per_tensor_scale(monkeypatch):
-    _, mla = load(monkeypatch)
+    load(monkeypatch)
+    from atom.model_ops import ck_free_mla
+
     x = (torch.randn(6, 2, 8) * 4).to(torch.float8_e4m3fnuz)
     scale = torch.tensor(0.25)
-    got = mla.to_model_dtype(x, torch.bfloat16, scale)
+    got = ck_free_mla.to_model_dtype(x, torch.bfloat16, scale)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, (x.double() * 0.25).to(torch.bfloat16))
-    plain = mla.to_model_dtype(torch.ones(3, dtype=torch.float16), torch.float32, scale)
+    plain = ck_free_mla.to_model_dtype(
+        torch.ones(3, dtype=torch.float16), torch.float32, scale
+    )
     torch.testing.assert_close(plain, torch.ones(3))  # not FP8: no scale applied

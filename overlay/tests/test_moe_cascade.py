@@ -169,11 +169,13 @@ def test_unsupported_activation_is_a_clear_error(monkeypatch):
 
 def test_detection_runs_once_and_the_choice_is_logged_once(monkeypatch, caplog):
     moe, _ = load_moe(monkeypatch, ck=False)
+    from atom.model_ops import moe_cascade
+
     with caplog.at_level(logging.INFO, logger="atom"):
         for _ in range(3):
             assert make_method(moe, "Fp8MoEMethod").moe_backend == "triton"
-    assert moe._has_ck_moe_sorting.cache_info().misses == 1
-    assert moe._has_ck_moe_sorting.cache_info().hits >= 1
+    assert moe_cascade._has_ck_moe_sorting.cache_info().misses == 1
+    assert moe_cascade._has_ck_moe_sorting.cache_info().hits >= 1
     chosen = [r for r in caplog.records if "MoE backend" in r.getMessage()]
     assert len(chosen) == 1
     assert "triton" in chosen[0].getMessage()
@@ -181,3 +183,65 @@ def test_detection_runs_once_and_the_choice_is_logged_once(monkeypatch, caplog):
 
 def test_ck_entry_points_listed_are_those_of_the_ck_path():
     assert "aiter.fused_moe.fused_moe" in CK_MOE
+
+
+# -- atom/model_ops/moe_cascade.py on its own ---------------------------------
+
+
+def load_cascade(monkeypatch, ck=True):
+    _, fake = load_moe(monkeypatch, ck=ck)
+    from atom.model_ops import moe_cascade
+
+    return moe_cascade, fake
+
+
+def test_block_shapes_of_the_block_quantised_modes(monkeypatch):
+    cascade, _ = load_cascade(monkeypatch)
+    assert cascade.fp8_moe_block_shape(QuantType.per_1x128) == (128, 128)
+    assert cascade.fp8_moe_block_shape(QuantType.per_1x32) == (1, 32)
+    assert cascade.fp8_moe_block_shape(QuantType.per_Tensor) is None
+
+
+def test_off_ck_weights_keep_their_layout_and_requantise_in_torch(monkeypatch):
+    cascade, fake = load_cascade(monkeypatch)
+    assert cascade.fp8_moe_weight_shuffle("ck") is cascade.shuffle_weights
+    w = torch.nn.Parameter(torch.randn(2, 4), requires_grad=False)
+    before = w.detach().clone()
+    cascade.fp8_moe_weight_shuffle("triton")(w)
+    assert torch.equal(w, before) and not getattr(w, "is_shuffled", False)
+
+    fp8 = torch.float8_e4m3fn
+    quant = cascade.fp8_per_tensor_requant(fp8)
+    q, scale = quant(torch.tensor([1.0, -2.0, 1e6]), torch.tensor(0.5))
+    assert q.dtype == fp8 and scale == 0.5
+    assert q.float().tolist() == [2.0, -4.0, torch.finfo(fp8).max]  # saturated
+    assert fake.names() == []  # no AITER kernel off CK
+
+
+def test_why_flydsl_cannot_serve_a_quantisation_mode(monkeypatch):
+    cascade, _ = load_cascade(monkeypatch)
+    assert cascade.fp8_moe_flydsl_unsupported(QuantType.per_Tensor, False, True) is None
+    assert "block" in cascade.fp8_moe_flydsl_unsupported(
+        QuantType.per_1x128, True, True
+    )
+    assert "static" in cascade.fp8_moe_flydsl_unsupported(
+        QuantType.per_Tensor, False, False
+    )
+
+
+def test_mori_all_to_all_is_refused_off_ck(monkeypatch):
+    cascade, _ = load_cascade(monkeypatch, ck=False)
+    x = torch.zeros(1, 8)
+    with pytest.raises(NotImplementedError, match="mori"):
+        cascade.fp8_moe_apply_without_ck(
+            "triton",
+            torch.nn.Module(),
+            x,
+            torch.ones(1, 1),
+            torch.zeros(1, 1, dtype=torch.int32),
+            expert_map=None,
+            activation="silu",
+            apply_router_weight_on_input=False,
+            block_shape=None,
+            modular_kernel=True,
+        )

@@ -5,7 +5,14 @@ says how it recognises that its effect is already there."""
 
 import re
 
-from atom_ckfree.edits import AddJob, MergeMapping, SetEntry, Unless, from_yaml
+from atom_ckfree.edits import (
+    AddJob,
+    MergeMapping,
+    SetEntry,
+    Unless,
+    from_yaml,
+    snippet,
+)
 
 
 def has_job(name: str):
@@ -51,28 +58,7 @@ EDITS = [
         AddJob(
             "pre-checks.unit-tests-job",
             "unit-tests",
-            """
-        name: CPU unit tests
-        if: inputs.unit-tests
-        # GitHub-hosted and CPU-only, so that forks without GPU runners run it too;
-        # tests that need a GPU carry the `gpu` marker and are deselected.
-        runs-on: ubuntu-latest
-        timeout-minutes: 30
-        steps:
-          - name: Checkout code
-            uses: actions/checkout@v5
-          - name: Set up Python environment
-            uses: actions/setup-python@v6
-            with:
-              python-version: "3.12"
-          - name: Install CPU dependencies
-            run: |
-              python -m pip install --upgrade pip
-              python -m pip install torch --index-url https://download.pytorch.org/whl/cpu
-              python -m pip install triton numpy transformers psutil pyzmq xxhash pytest
-          - name: Run the unit tests
-            run: python -m pytest -m "not gpu" tests
-        """,
+            snippet(__file__, "unit_tests_job.yaml"),
         ),
         has_job("unit-tests"),
     ),
