@@ -249,7 +249,16 @@ def export(
 
 
 def _build_stack(
-    tree, selected, all_series, by_number, base_sha, pr_base, out, author, progress, steps
+    tree,
+    selected,
+    all_series,
+    by_number,
+    base_sha,
+    pr_base,
+    out,
+    author,
+    progress,
+    steps,
 ) -> dict[int, ExportedSeries]:
     """Every selected series' branch, built in a temporary worktree that is always
     removed again."""
