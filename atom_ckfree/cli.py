@@ -14,7 +14,17 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from . import DEFAULT_UPSTREAM, PIN, engine, export, report, sweep, upstream, verify
+from . import (
+    DEFAULT_UPSTREAM,
+    PIN,
+    engine,
+    export,
+    report,
+    sweep,
+    treelock,
+    upstream,
+    verify,
+)
 from .errors import CkfreeError, UserError
 from .series import load_all, select
 from .workspace import AtomTree
@@ -62,6 +72,7 @@ def cmd_list(args) -> int:
 
 def cmd_status(args) -> int:
     tree = AtomTree(args.atom)
+    engine.recover(tree, report.warn, busy_ok=True)
     head = _warn_if_not_pin(tree)
     plans = engine.status(tree, load_all())
     if args.json:
@@ -80,6 +91,7 @@ def cmd_status(args) -> int:
 
 def cmd_apply(args) -> int:
     tree = AtomTree(args.atom)
+    engine.recover(tree, report.warn)
     head = _warn_if_not_pin(tree)
     all_series = load_all()
     chosen = select(args.series, all_series)
@@ -91,6 +103,7 @@ def cmd_apply(args) -> int:
         commit=args.commit,
         allow_dirty=args.allow_dirty,
         progress=lambda s: report.errors.print(f"[dim]series {s.name} …[/]"),
+        notice=report.warn,
     )
     if args.json:
         data = {
@@ -133,19 +146,20 @@ def cmd_export(args) -> int:
     tree = AtomTree(args.atom)
     all_series = load_all()
     name, _, email = args.author.partition("<")
-    stack = export.export(
-        tree,
-        select(args.series, all_series),
-        all_series,
-        Path(args.out),
-        base=args.base,
-        pr_base=args.pr_base,
-        author=(name.strip(), email.rstrip(">").strip()),
-        push=args.push,
-        progress=lambda s: report.errors.print(
-            f"[dim]branch {export.branch_name(s)} …[/]"
-        ),
-    )
+    with treelock.held(tree.path, "export", report.warn):
+        stack = export.export(
+            tree,
+            select(args.series, all_series),
+            all_series,
+            Path(args.out),
+            base=args.base,
+            pr_base=args.pr_base,
+            author=(name.strip(), email.rstrip(">").strip()),
+            push=args.push,
+            progress=lambda s: report.errors.print(
+                f"[dim]branch {export.branch_name(s)} …[/]"
+            ),
+        )
     commands = [
         f"gh pr create --base {e.base_branch} --head {e.branch} "
         f'--title "{e.series.title}" --body-file {e.body}'
@@ -226,16 +240,17 @@ def cmd_sweep(args) -> int:
                 f"cannot read baseline {args.baseline}: {error}",
                 "give a report written by sweep --json",
             ) from error
-    reports = sweep.sweep(
-        repo,
-        commits,
-        load_all(),
-        checks,
-        pin=None if args.no_3way else PIN,
-        progress=lambda i, n, c: report.errors.print(
-            f"[dim]sweep {i}/{n}: {c[:12]} …[/]"
-        ),
-    )
+    with treelock.held(repo, "sweep", report.warn):
+        reports = sweep.sweep(
+            repo,
+            commits,
+            load_all(),
+            checks,
+            pin=None if args.no_3way else PIN,
+            progress=lambda i, n, c: report.errors.print(
+                f"[dim]sweep {i}/{n}: {c[:12]} …[/]"
+            ),
+        )
     rows = sweep.survival(reports) if args.range else None
     data = {"checks": list(checks), "commits": [r.data() for r in reports]}
     if rows:

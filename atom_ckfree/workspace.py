@@ -30,6 +30,11 @@ def git(
     return result.stdout.strip() if strip else result.stdout
 
 
+def git_dir(tree: Path) -> Path:
+    """The git dir of ``tree``: its ``.git``, or ``.git/worktrees/NAME`` of a worktree."""
+    return Path(git(tree, "rev-parse", "--absolute-git-dir"))
+
+
 class AtomTree:
     """A git work tree whose top holds ATOM (``atom/`` package, project ``atom``)."""
 
@@ -60,9 +65,11 @@ class AtomTree:
         return git(self.path, "rev-parse", "HEAD")
 
     def changed_paths(self) -> list[str]:
-        """Tracked files with uncommitted changes and untracked files not ignored."""
+        """Tracked files with uncommitted changes and untracked files not ignored.
+        (Without the optional index refresh: asking must not rewrite the index.)"""
         out = git(
             self.path,
+            "--no-optional-locks",
             "status",
             "--porcelain",
             "-z",
