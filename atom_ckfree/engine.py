@@ -187,9 +187,18 @@ def recover(
 
 
 def _recover_held(tree: AtomTree, notice: Callable[[str], None]) -> None:
-    undone = journal.roll_back(tree.path)
+    try:
+        undone = journal.roll_back(tree.path)
+    except OSError as error:
+        raise FaultError(
+            f"restoring {tree.path} from its journal failed ({error.strerror}: "
+            f"{_failed_path(error)}); {journal.folder_of(tree.path)} keeps the original "
+            "files",
+            "fix the cause and run again",
+        ) from error
     if undone is not None:
-        kept = f" (kept {', '.join(undone.kept)}: not empty)" if undone.kept else ""
+        left = undone.kept if undone else []
+        kept = f" (kept {', '.join(left)}: not empty)" if left else ""
         notice(
             f"{tree.path}: an earlier run (pid {undone.pid}) stopped while writing "
             f"{undone.what}; restored the tree as it was before that series{kept}"
@@ -207,13 +216,13 @@ def apply(
     progress: Callable[[Series], None] = lambda s: None,
     notice: Callable[[str], None] = lambda m: None,
 ) -> list[SeriesResult]:
-    """Apply ``selected`` in order, holding the tree's lock; first undo what a dead
-    run left half-written."""
+    """Apply ``selected`` in order, holding the tree's lock (a dry run, which writes
+    nothing, takes none); first undo what a dead run left half-written."""
+    if dry_run:
+        return _apply(tree, selected, all_series, True, commit, allow_dirty, progress)
     with treelock.held(tree.path, "apply", notice):
         _recover_held(tree, notice)
-        return _apply(
-            tree, selected, all_series, dry_run, commit, allow_dirty, progress
-        )
+        return _apply(tree, selected, all_series, False, commit, allow_dirty, progress)
 
 
 def _apply(
@@ -302,17 +311,9 @@ def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | N
     series = plan.series
     what = f"series {series.number} ({series.name})"
     changes = plan.changes
-    try:
-        record = journal.begin(tree.path, what, sorted(changes), commit)
-    except OSError as error:
-        journal.roll_back(tree.path)  # the tree is untouched: this drops the start
-        raise FaultError(
-            f"recording the journal of {what} in {journal.folder_of(tree.path)} "
-            f"failed ({error.strerror}); nothing was written",
-            _FIX.get(error.errno, "fix the cause and run again"),
-        ) from error
     where: Path | None = None  # the file being written, for the message
     try:
+        record = journal.begin(tree.path, what, sorted(changes), commit)
         # every new content is written and on disk before the first one is renamed
         # over its file: a full disk fails the series before the tree changed
         for path, text in changes.items():
@@ -348,13 +349,14 @@ def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | N
             except OSError as undo_error:
                 raise FaultError(
                     f"{cause[0] if cause else error}, and undoing it failed too "
-                    f"({undo_error.strerror}: {undo_error.filename}); "
+                    f"({undo_error.strerror}: {_failed_path(undo_error)}); "
                     f"{journal.folder_of(tree.path)} keeps the original files",
                     "fix the cause, then run `apply-patches status` to restore them",
                 ) from error
         if cause is None:  # a bug, not a fault: the tree is back, the traceback shows
             raise
-        kept = f" (kept {', '.join(undone.kept)}: not empty)" if undone.kept else ""
+        left = undone.kept if undone else []
+        kept = f" (kept {', '.join(left)}: not empty)" if left else ""
         raise FaultError(
             f"{cause[0]}; {what} was undone, the tree is as before{kept}", *cause[1:]
         ) from error
@@ -392,6 +394,11 @@ def _cause(
             "",
         )
     return None
+
+
+def _failed_path(error: OSError) -> str:
+    """The file an OSError is about: a rename's target rather than its temp file."""
+    return str(error.filename2 or error.filename)
 
 
 def _git_reason(error: subprocess.CalledProcessError) -> str:

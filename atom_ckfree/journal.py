@@ -71,8 +71,8 @@ class Journal:
 def begin(tree: Path, what: str, paths: list[str], with_git: bool) -> Journal:
     """Record durably what writing ``paths`` (and committing them) will change."""
     folder = folder_of(tree)
-    if folder.exists():  # begun by a run that died before touching the tree
-        shutil.rmtree(folder)
+    if folder.exists():  # left by a run that died: undo it first
+        roll_back(tree)
     folder.mkdir()
     _fsync(folder.parent)
     files = []
@@ -89,7 +89,7 @@ def begin(tree: Path, what: str, paths: list[str], with_git: bool) -> Journal:
         "pid": os.getpid(),
         "files": files,
         "folders": _new_folders(tree, paths),
-        "temps_in_tree": os.stat(folder).st_dev != os.stat(tree).st_dev,
+        "temps_in_tree": _other_disk(folder, tree),
         "git": _git_state(tree) if with_git else None,
     }
     temp = folder / f"{RECORD}.tmp"
@@ -152,6 +152,11 @@ def interrupts_held() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _other_disk(folder: Path, tree: Path) -> bool:
+    """Whether a rename from ``folder`` into ``tree`` would cross filesystems."""
+    return os.stat(folder).st_dev != os.stat(tree).st_dev
 
 
 def _new_folders(tree: Path, paths: list[str]) -> list[str]:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from atom_ckfree import engine
+from atom_ckfree import engine, journal
+from atom_ckfree.errors import FaultError
+from atom_ckfree.series import load_all, select
 from atom_ckfree.workspace import AtomTree
 
 from .conftest import Run, run_cli, tree_state
@@ -118,28 +120,47 @@ def read_only(folder: Path):
 
 
 @pytest.mark.parametrize(
-    "fault",
+    "series, fault",
     [
-        "kill-at-write:1",
-        "kill-at-write:3",
-        "kill-at-write:4",
-        "kill-at-rename:2",
-        "kill-at-write:5",  # in series 7; series 5 was complete
-        "kill-at-rename:6",
+        ("5,7", "kill-at-write:1"),  # the new contents are written, none renamed yet
+        ("5,7", "kill-at-write:4"),
+        ("5,7", "kill-at-rename:2"),  # docker/Dockerfile is the new one already
+        ("5,7", "kill-at-rename:4"),
+        ("5,7", "kill-at-write:5"),  # in series 7; series 5 was complete
+        ("5,7", "kill-at-rename:6"),
+        ("1", "kill-at-rename:3"),  # libcst-edited files
     ],
 )
-def test_killed_apply_is_undone_by_the_next_apply(make_atom_tree, expected, fault):
+def test_killed_apply_is_undone_by_the_next_apply(
+    make_atom_tree, expected, series, fault
+):
     tree = make_atom_tree()
-    assert apply(tree, "5,7", fault=fault).code == -9
+    assert apply(tree, series, fault=fault).code == -9
     assert (tree / ".git" / "ckfree-journal" / "journal.json").exists()
     assert (tree / ".git" / "ckfree.lock").exists()
 
-    again = apply(tree, "5,7")
+    again = apply(tree, series)
     assert again.code == 0, again.err
     said = warnings(again)
     assert len(said) == 2 and "removed the stale lock" in said[0]
     assert "restored the tree as it was before that series" in said[1]
-    assert tree_state(tree) == expected("5,7")
+    assert tree_state(tree) == expected(series)
+
+
+def test_a_restore_that_fails_keeps_the_journal_for_the_next_run(make_atom_tree):
+    tree = make_atom_tree()
+    before = tree_state(tree)
+    assert apply(tree, "5", fault="kill-at-rename:2").code == -9
+    with read_only(tree / "docker"):  # the new Dockerfile cannot be put back yet
+        stuck = apply(tree, "5")
+    assert stuck.code == 3
+    line = error_line(stuck)
+    assert (
+        "restoring" in line and "docker/Dockerfile" in line and "ckfree-journal" in line
+    )
+    assert (tree / ".git" / "ckfree-journal" / "journal.json").exists()
+    assert apply(tree, "5", "--dry-run").code == 0
+    assert tree_state(tree) == before
 
 
 def test_killed_apply_is_undone_by_status(make_atom_tree, expected):
@@ -476,3 +497,19 @@ def test_status_ignores_a_lock_without_a_journal(make_atom_tree):
     said: list[str] = []
     engine.recover(AtomTree(tree), said.append, busy_ok=True)
     assert not said and tree_state(tree) == before
+
+
+def test_temps_beside_their_files_when_the_git_dir_is_on_another_disk(
+    make_atom_tree, monkeypatch
+):
+    """(In-process: the other disk is simulated.) A failing rename after the first one
+    leaves neither the first file changed nor a ``.NAME.ckfree-tmp`` behind."""
+    tree = make_atom_tree()
+    before = tree_state(tree)
+    monkeypatch.setattr(journal, "_other_disk", lambda folder, tree: True)
+    monkeypatch.setenv("ATOM_CKFREE_FAULT", "fail-at-rename:2")
+    monkeypatch.setattr(engine, "_fault_counts", {})
+    all_series = load_all()
+    with pytest.raises(FaultError, match="writing docker/Dockerfile.wheels failed"):
+        engine.apply(AtomTree(tree), select("5", all_series), all_series)
+    assert tree_state(tree) == before
