@@ -197,12 +197,18 @@ def _recover_held(tree: AtomTree, notice: Callable[[str], None]) -> None:
             "fix the cause and run again",
         ) from error
     if undone is not None:
-        left = undone.kept if undone else []
-        kept = f" (kept {', '.join(left)}: not empty)" if left else ""
         notice(
             f"{tree.path}: an earlier run (pid {undone.pid}) stopped while writing "
-            f"{undone.what}; restored the tree as it was before that series{kept}"
+            f"{undone.what}; restored the tree as it was before that series"
+            + _kept(undone)
         )
+
+
+def _kept(undone: journal.Undone | None) -> str:
+    """Folders the series made that others filled meanwhile: left, and said so."""
+    if undone is None or not undone.kept:
+        return ""
+    return f" (kept {', '.join(undone.kept)}: not empty)"
 
 
 def apply(
@@ -355,10 +361,9 @@ def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | N
                 ) from error
         if cause is None:  # a bug, not a fault: the tree is back, the traceback shows
             raise
-        left = undone.kept if undone else []
-        kept = f" (kept {', '.join(left)}: not empty)" if left else ""
         raise FaultError(
-            f"{cause[0]}; {what} was undone, the tree is as before{kept}", *cause[1:]
+            f"{cause[0]}; {what} was undone, the tree is as before{_kept(undone)}",
+            *cause[1:],
         ) from error
 
 

@@ -120,31 +120,28 @@ def read_only(folder: Path):
 
 
 @pytest.mark.parametrize(
-    "series, fault",
+    "fault",
     [
-        ("5,7", "kill-at-write:1"),  # the new contents are written, none renamed yet
-        ("5,7", "kill-at-write:4"),
-        ("5,7", "kill-at-rename:2"),  # docker/Dockerfile is the new one already
-        ("5,7", "kill-at-rename:4"),
-        ("5,7", "kill-at-write:5"),  # in series 7; series 5 was complete
-        ("5,7", "kill-at-rename:6"),
-        ("1", "kill-at-rename:3"),  # libcst-edited files
+        "kill-at-write:1",  # the new contents are being written, none renamed yet
+        "kill-at-write:4",
+        "kill-at-rename:2",  # docker/Dockerfile is the new one already
+        "kill-at-rename:4",
+        "kill-at-write:5",  # in series 7; series 5 was complete
+        "kill-at-rename:6",
     ],
 )
-def test_killed_apply_is_undone_by_the_next_apply(
-    make_atom_tree, expected, series, fault
-):
+def test_killed_apply_is_undone_by_the_next_apply(make_atom_tree, expected, fault):
     tree = make_atom_tree()
-    assert apply(tree, series, fault=fault).code == -9
+    assert apply(tree, "5,7", fault=fault).code == -9
     assert (tree / ".git" / "ckfree-journal" / "journal.json").exists()
     assert (tree / ".git" / "ckfree.lock").exists()
 
-    again = apply(tree, series)
+    again = apply(tree, "5,7")
     assert again.code == 0, again.err
     said = warnings(again)
     assert len(said) == 2 and "removed the stale lock" in said[0]
     assert "restored the tree as it was before that series" in said[1]
-    assert tree_state(tree) == expected(series)
+    assert tree_state(tree) == expected("5,7")
 
 
 def test_a_restore_that_fails_keeps_the_journal_for_the_next_run(make_atom_tree):
@@ -183,6 +180,15 @@ def test_killed_in_a_new_folder_removes_the_folder(no_scripts):
     again = apply(no_scripts, "7", "--dry-run")
     assert again.code == 0, again.err
     assert tree_state(no_scripts) == before
+
+
+def test_a_new_folder_someone_filled_meanwhile_is_kept_and_said(no_scripts):
+    assert apply(no_scripts, "7", fault="kill-at-rename:2").code == -9
+    (no_scripts / "scripts" / "mine.txt").write_text("mine\n")
+    again = apply(no_scripts, "7", "--dry-run")
+    assert again.code == 2 and "uncommitted changes: scripts/mine.txt" in again.err
+    assert any("kept scripts: not empty" in w for w in warnings(again))
+    assert sorted(p.name for p in (no_scripts / "scripts").iterdir()) == ["mine.txt"]
 
 
 def test_killed_after_commit_undoes_the_commit_and_the_index(make_atom_tree):
