@@ -23,6 +23,7 @@ from . import (
     regen,
     report,
     sweep,
+    treelock,
     upstream,
     verify,
 )
@@ -53,6 +54,7 @@ def cmd_list(args) -> int:
 
 def cmd_status(args) -> int:
     tree = AtomTree(args.atom)
+    engine.recover(tree, report.warn, busy_ok=True)
     head = _warn_if_not_pin(tree)
     with report.progress("status") as step:
         plans = engine.status(tree, load_all(), step)
@@ -72,6 +74,7 @@ def cmd_status(args) -> int:
 
 def cmd_apply(args) -> int:
     tree = AtomTree(args.atom)
+    engine.recover(tree, report.warn)
     head = _warn_if_not_pin(tree)
     all_series = load_all()
     chosen = select(args.series, all_series)
@@ -84,6 +87,7 @@ def cmd_apply(args) -> int:
             commit=args.commit,
             allow_dirty=args.allow_dirty,
             progress=step,
+            notice=report.warn,
         )
     if args.json:
         data = {
@@ -126,7 +130,10 @@ def cmd_export(args) -> int:
     tree = AtomTree(args.atom)
     all_series = load_all()
     name, _, email = args.author.partition("<")
-    with report.progress("export") as step:
+    with (
+        treelock.held(tree.path, "export", report.warn),
+        report.progress("export") as step,
+    ):
         stack = export.export(
             tree,
             select(args.series, all_series),
@@ -226,7 +233,7 @@ def cmd_sweep(args) -> int:
                 "fetch it (--upstream) or check --ref",
             )
         commits = [sha]
-    with report.progress("sweep") as step:
+    with treelock.held(repo, "sweep", report.warn), report.progress("sweep") as step:
         reports = sweep.sweep(
             repo,
             commits,

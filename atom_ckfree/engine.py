@@ -8,15 +8,19 @@ planned without conflict, and a failed write or commit puts every file back.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import journal, treelock
 from .edits import FORMATS, Conflict
-from .errors import UserError
+from .errors import FaultError, UserError
 from .series import Series
 from .workspace import AtomTree
 
@@ -163,6 +167,62 @@ def status(
     return plans
 
 
+class _Plans(dict):
+    """Series number → its plan on the tree as it is, made on first use (planning a
+    series parses its files: only the series a run needs are planned)."""
+
+    def __init__(self, tree: AtomTree, all_series: list[Series]):
+        super().__init__()
+        self.tree = tree
+        self.by_number = {s.number: s for s in all_series}
+
+    def __missing__(self, number: int) -> SeriesPlan:
+        plan = self[number] = plan_series(self.by_number[number], self.tree.read)
+        return plan
+
+
+def recover(
+    tree: AtomTree, notice: Callable[[str], None], *, busy_ok: bool = False
+) -> None:
+    """Undo the series that a run which died (killed, power cut) left half-written,
+    as its journal recorded it. With ``busy_ok`` (status), a run that is writing the
+    tree right now is reported instead of refused."""
+    if not journal.pending(tree.path):
+        return
+    try:
+        with treelock.held(tree.path, "recover", notice):
+            _recover_held(tree, notice)
+    except treelock.Busy as busy:
+        if not busy_ok:
+            raise
+        notice(f"{busy.what}; it is writing the tree, so what follows may change")
+
+
+def _recover_held(tree: AtomTree, notice: Callable[[str], None]) -> None:
+    try:
+        undone = journal.roll_back(tree.path)
+    except OSError as error:
+        raise FaultError(
+            f"restoring {tree.path} from its journal failed ({error.strerror}: "
+            f"{_failed_path(error)}); {journal.folder_of(tree.path)} keeps the original "
+            "files",
+            "fix the cause and run again",
+        ) from error
+    if undone is not None:
+        notice(
+            f"{tree.path}: an earlier run (pid {undone.pid}) stopped while writing "
+            f"{undone.what}; restored the tree as it was before that series"
+            + _kept(undone)
+        )
+
+
+def _kept(undone: journal.Undone | None) -> str:
+    """Folders the series made that others filled meanwhile: left, and said so."""
+    if undone is None or not undone.kept:
+        return ""
+    return f" (kept {', '.join(undone.kept)}: not empty)"
+
+
 def apply(
     tree: AtomTree,
     selected: list[Series],
@@ -172,12 +232,27 @@ def apply(
     commit: bool = False,
     allow_dirty: bool = False,
     progress: Step = lambda done, total, now: None,
+    notice: Callable[[str], None] = lambda m: None,
 ) -> list[SeriesResult]:
-    steps = len(all_series) + len(selected)  # plan every series, then apply each
-    current = {
-        p.series.number: p
-        for p in status(tree, all_series, lambda i, _, now: progress(i, steps, now))
-    }
+    """Apply ``selected`` in order, holding the tree's lock (a dry run, which writes
+    nothing, takes none); first undo what a dead run left half-written."""
+    if dry_run:
+        return _apply(tree, selected, all_series, True, commit, allow_dirty, progress)
+    with treelock.held(tree.path, "apply", notice):
+        _recover_held(tree, notice)
+        return _apply(tree, selected, all_series, False, commit, allow_dirty, progress)
+
+
+def _apply(
+    tree: AtomTree,
+    selected: list[Series],
+    all_series: list[Series],
+    dry_run: bool,
+    commit: bool,
+    allow_dirty: bool,
+    progress: Step,
+) -> list[SeriesResult]:
+    current = _Plans(tree, all_series)
     _check_dependencies(selected, current)
     if not allow_dirty:
         _check_clean(tree, current)
@@ -190,8 +265,8 @@ def apply(
 
     results: list[SeriesResult] = []
     for index, series in enumerate(selected):
-        progress(len(all_series) + index, steps, f"applying {series.name}")
-        # the status plan still holds unless an earlier series of this run changed a file
+        progress(index, len(selected), f"applying {series.name}")
+        # the plan of the tree as it was holds unless this run changed one of its files
         if written.isdisjoint(series.files):
             plan = current[series.number]
         else:
@@ -244,9 +319,15 @@ def _needed(chosen: set[int], current: dict[int, SeriesPlan]) -> list[int]:
     return sorted(needed)
 
 
-def _check_clean(tree: AtomTree, current: dict[int, SeriesPlan]) -> None:
-    ours = {f for p in current.values() if p.state == "applied" for f in p.series.files}
-    foreign = [p for p in tree.changed_paths() if p not in ours]
+def _check_clean(tree: AtomTree, current: _Plans) -> None:
+    changed = tree.changed_paths()
+    ours = {
+        f
+        for s in current.by_number.values()
+        if not set(changed).isdisjoint(s.files) and current[s.number].state == "applied"
+        for f in s.files
+    }
+    foreign = [p for p in changed if p not in ours]
     if foreign:
         shown = ", ".join(foreign[:5]) + (
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -258,41 +339,139 @@ def _check_clean(tree: AtomTree, current: dict[int, SeriesPlan]) -> None:
 
 
 def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | None:
-    written: list[str] = []
-    made: list[Path] = []
+    """Write (and commit) one series completely or not at all: the journal records the
+    tree first; on any failure, Ctrl-C included, it is put back exactly as it was."""
+    series = plan.series
+    what = f"series {series.number} ({series.name})"
+    changes = plan.changes
+    where: Path | None = None  # the file being written, for the message
     try:
-        for path, text in plan.changes.items():
-            target = tree.path / path
-            for parent in reversed(target.relative_to(tree.path).parents[:-1]):
-                if not (tree.path / parent).exists():
-                    (tree.path / parent).mkdir()
-                    made.append(tree.path / parent)
-            temp = target.with_name(f".{target.name}.ckfree-tmp")
+        record = journal.begin(tree.path, what, sorted(changes), commit)
+        # every new content is written and on disk before the first one is renamed
+        # over its file: a full disk fails the series before the tree changed
+        for path, text in changes.items():
+            where = tree.path / path
+            where.parent.mkdir(parents=True, exist_ok=True)  # the journal lists them
+            temp = record.temp(path)
+            _fault("write", temp, text)
             temp.write_text(text)
-            if path in plan.series.overlay:  # scripts stay executable
-                shutil.copymode(plan.series.overlay_source(path), temp)
-            written.append(path)
-            os.replace(temp, target)
+            mode = record.mode(path)
+            if mode is not None:  # a rewritten file keeps its mode, 0444 included
+                os.chmod(temp, mode)
+            elif path in series.overlay:  # scripts stay executable
+                shutil.copymode(series.overlay_source(path), temp)
+        where = None
+        journal.sync([record.temp(path) for path in changes])
+        for path in changes:
+            where = tree.path / path
+            _fault("rename")
+            os.replace(record.temp(path), where)
+        sha = None
         if commit:
-            series = plan.series
+            where = None
             message = f"[CK-free {series.number}/{total}] {series.title}\n\n{series.description}\n"
-            return tree.commit(sorted(plan.changes), message)
+            sha = tree.commit(sorted(changes), message)
+            _fault("commit")
+        record.close()
+        return sha
     except BaseException as error:
-        for path in written:
-            before = plan.before[path]
-            target = tree.path / path
-            target.with_name(f".{target.name}.ckfree-tmp").unlink(missing_ok=True)
-            if before is None:
-                target.unlink(missing_ok=True)
-            else:
-                target.write_text(before)
-        for folder in reversed(made):
-            folder.rmdir()
-        if isinstance(error, (OSError, subprocess.CalledProcessError)):
-            detail = getattr(error, "stderr", "") or str(error)
-            raise UserError(
-                f"writing series {plan.series.number} failed and was undone: {detail.strip()}",
-                "fix the cause (permissions, git identity for --commit) and run again",
-            ) from error
-        raise
+        cause = _cause(error, what, where, tree)
+        with journal.interrupts_held():
+            try:
+                undone = journal.roll_back(tree.path)
+            except OSError as undo_error:
+                raise FaultError(
+                    f"{cause[0] if cause else error}, and undoing it failed too "
+                    f"({undo_error.strerror}: {_failed_path(undo_error)}); "
+                    f"{journal.folder_of(tree.path)} keeps the original files",
+                    "fix the cause, then run `apply-patches status` to restore them",
+                ) from error
+        if cause is None:  # a bug, not a fault: the tree is back, the traceback shows
+            raise
+        raise FaultError(
+            f"{cause[0]}; {what} was undone, the tree is as before{_kept(undone)}",
+            *cause[1:],
+        ) from error
+
+
+_FIX = {
+    errno.ENOSPC: "free space on that disk and run again",
+    errno.EDQUOT: "free space on that disk and run again",
+    errno.EACCES: "make it writable and run again",
+    errno.EPERM: "make it writable and run again",
+    errno.EROFS: "make it writable and run again",
+}
+
+
+def _cause(
+    error: BaseException, what: str, where: Path | None, tree: AtomTree
+) -> tuple[str, str, str] | None:
+    """What failed while writing, what to do, git's text; None for a bug."""
+    if isinstance(error, KeyboardInterrupt):
+        return f"interrupted while writing {what}", "run it again", ""
+    if isinstance(error, subprocess.CalledProcessError):
+        return (
+            f"committing {what} failed ({_git_reason(error)})",
+            (
+                "fix that (a git identity: git config user.name and user.email; "
+                "a hook; a stale .git/index.lock) and run again"
+            ),
+            error.stderr,
+        )
+    if isinstance(error, OSError):
+        name = where.relative_to(tree.path) if where else error.filename
+        return (
+            f"writing {name} failed ({error.strerror or error})",
+            _FIX.get(error.errno, "fix the cause and run again"),
+            "",
+        )
     return None
+
+
+def _failed_path(error: OSError) -> str:
+    """The file an OSError is about: a rename's target rather than its temp file."""
+    return str(error.filename2 or error.filename)
+
+
+def _git_reason(error: subprocess.CalledProcessError) -> str:
+    """git's own reason: its fatal/error line, else its last line, else the exit code."""
+    lines = [line.strip() for line in (error.stderr or "").splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal: ", "error: ")):
+            return line.split(": ", 1)[1]
+    return lines[-1] if lines else f"`git {error.cmd[1]}` exited {error.returncode}"
+
+
+FAULT = "ATOM_CKFREE_FAULT"
+RELEASE = "ATOM_CKFREE_FAULT_RELEASE"
+_fault_counts: dict[str, int] = {}
+
+
+def _fault(point: str, temp: Path | None = None, text: str = "") -> None:
+    """TEST HOOK, not a feature: ``ATOM_CKFREE_FAULT=ACTION-at-POINT:K`` acts at the
+    K-th POINT of this process — ``write`` (a file's new content, half written first),
+    ``rename`` (putting it in place) or ``commit`` (after git committed). ACTION:
+    ``kill`` (SIGKILL), ``sigint``, ``enospc``, ``fail`` (EIO) or ``pause`` (create
+    ``$ATOM_CKFREE_FAULT_RELEASE.waiting``, wait until ``$ATOM_CKFREE_FAULT_RELEASE``
+    exists). tests/faults/ uses it to stop or fail a real apply anywhere."""
+    action, _, rest = os.environ.get(FAULT, "").partition("-at-")
+    at, _, k = rest.partition(":")
+    if at != point:
+        return
+    _fault_counts[point] = _fault_counts.get(point, 0) + 1
+    if str(_fault_counts[point]) != k:
+        return
+    if temp is not None:
+        temp.write_text(text[: len(text) // 2])
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+    elif action in ("enospc", "fail"):
+        code = errno.ENOSPC if action == "enospc" else errno.EIO
+        raise OSError(code, os.strerror(code), str(temp))
+    elif action == "pause":
+        release = Path(os.environ[RELEASE])
+        release.with_name(release.name + ".waiting").touch()
+        while not release.exists():
+            time.sleep(0.02)

@@ -49,6 +49,11 @@ def _project_name(pyproject: Path) -> str | None:
     return str(name) if name is not None else None
 
 
+def git_dir(tree: Path) -> Path:
+    """The git dir of ``tree``: its ``.git``, or ``.git/worktrees/NAME`` of a worktree."""
+    return Path(git(tree, "rev-parse", "--absolute-git-dir"))
+
+
 class AtomTree:
     """A git work tree whose top holds ATOM (project ``atom``, its known modules)."""
 
@@ -95,9 +100,11 @@ class AtomTree:
         return git(self.path, "rev-parse", "HEAD")
 
     def changed_paths(self) -> list[str]:
-        """Tracked files with uncommitted changes and untracked files not ignored."""
+        """Tracked files with uncommitted changes and untracked files not ignored.
+        (Without the optional index refresh: asking must not rewrite the index.)"""
         out = git(
             self.path,
+            "--no-optional-locks",
             "status",
             "--porcelain",
             "-z",

@@ -198,7 +198,7 @@ def test_failed_commit_undoes_the_series(project, atom, capsys, monkeypatch):
     code, _, err = cli(
         capsys, "apply", "--atom", str(atom), "--series", "1", "--commit"
     )
-    assert code == 2 and "failed and was undone" in err and "refused by hook" in err
+    assert code == 3 and "was undone" in err and "refused by hook" in err
     assert snapshot(atom) == before
     assert not (atom / "atom" / "extra.py").exists()
 
