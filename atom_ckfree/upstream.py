@@ -22,11 +22,12 @@ from .workspace import git
 CHECKOUT_BRANCH = "ck-free-base"
 
 
-def cache_repo() -> Path:
+def cache_repo(name: str = "atom") -> Path:
+    """The cached bare repository ``name.git`` (``atom``; ``aiter`` for tests)."""
     root = Path(
         os.environ.get("ATOM_CKFREE_CACHE", Path.home() / ".cache" / "atom-ckfree")
     )
-    return root / "atom.git"
+    return root / f"{name}.git"
 
 
 def _location(upstream: str) -> str:
@@ -34,11 +35,13 @@ def _location(upstream: str) -> str:
     return str(path.resolve()) if path.exists() else upstream
 
 
-def update_cache(upstream: str = DEFAULT_UPSTREAM, branch: str = "main") -> Path:
-    """Fetch ``upstream``'s ``branch`` and tags into the cache; a failed fetch is fatal
-    only when the cache has nothing yet. (Only what is asked for: a fork's hundreds of
-    topic branches are not worth the download.)"""
-    repo = cache_repo()
+def update_cache(
+    upstream: str = DEFAULT_UPSTREAM, branch: str = "main", name: str = "atom"
+) -> Path:
+    """Fetch ``upstream``'s ``branch`` and tags into the cache ``name``; a failed fetch
+    is fatal only when the cache has nothing yet. (Only what is asked for: a fork's
+    hundreds of topic branches are not worth the download.)"""
+    repo = cache_repo(name)
     if not (repo / "HEAD").exists():
         repo.mkdir(parents=True, exist_ok=True)
         git(repo, "init", "-q", "--bare")

@@ -1448,6 +1448,50 @@ def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> di
     return cfg
 
 
+# AMD Instinct limits a selected configuration must meet, from offline builds with
+# Triton 3.9 (tests/kernels/amd_builds.py): (LDS bytes per workgroup, operand
+# buffers kept in LDS beyond num_stages - 1, most GEMM1 stages). GEMM1 with 16- or
+# 32-row 128-wide tiles and 4 stages needed 102-108 KiB of LDS on gfx942 (64 KiB
+# there), and on gfx950 GEMM1 with 4 stages fails to build (the block ping-pong
+# pass: "PassManager::run failed"), 3 stages build. gfx950 copies operands
+# asynchronously and keeps one buffer more (16x128x128, 3 stages: 107456 bytes).
+_ARCH_LIMITS = {"gfx942": (64 << 10, 0, None), "gfx950": (160 << 10, 1, 3)}
+
+
+def _fit_arch(cfg: dict, arch: str) -> dict:
+    """``cfg`` with its GEMM pipelines shortened where ``arch``'s limits need it:
+    fewer stages until the operand buffers (the activation tile, FP8 or the
+    bf16 one quantised in the prologue, and GEMM1's two weight tiles / GEMM2's
+    one) fit the chip's LDS."""
+    if arch not in _ARCH_LIMITS:
+        return cfg
+    lds, extra, max_s1 = _ARCH_LIMITS[arch]
+    bm, bk1, bk2 = cfg["block_m"], cfg["bk1"], cfg["bk2"]
+    tile1 = bm * bk1 * (1 if cfg["quant_x"] else 2) + 2 * bk1 * cfg["bn1"]
+    bm2 = cfg.get("bm2") or bm
+    tile2 = bm2 * bk2 * (1 if cfg["quant_h"] else 2) + bk2 * cfg["bn2"]
+    s1 = min(cfg["s1"], max_s1 or cfg["s1"])
+    s2 = cfg["s2"]
+    while s1 > 1 and (s1 - 1 + extra) * tile1 > lds:
+        s1 -= 1
+    while s2 > 1 and (s2 - 1 + extra) * tile2 > lds:
+        s2 -= 1
+    return dict(cfg, s1=s1, s2=s2)
+
+
+def _device_arch(device: torch.device) -> str:
+    """The ROCm device's architecture (``gfx942``), ``""`` elsewhere."""
+    if device.type != "cuda" or torch.version.hip is None:
+        return ""
+    return _cached_device_arch(device.index if device.index is not None else -1)
+
+
+@functools.cache
+def _cached_device_arch(index: int) -> str:
+    idx = torch.cuda.current_device() if index < 0 else index
+    return torch.cuda.get_device_properties(idx).gcnArchName.split(":")[0]
+
+
 # --------------------------------------------------------------------------------------
 # Host-side helpers
 # --------------------------------------------------------------------------------------
@@ -1967,6 +2011,7 @@ def fused_moe_fp8(
         cfg = get_moe_config(
             _device_name(hidden_states.device), E, N, K, M, num_cols=num_cols
         )
+        cfg = _fit_arch(cfg, _device_arch(hidden_states.device))
 
     # K tiles must respect the scale groups: x groups are 128 wide, block scales
     # are bk wide; the intermediate's groups are bn1 wide.
