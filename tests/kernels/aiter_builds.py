@@ -59,8 +59,12 @@ def aiter_package() -> tuple[pathlib.Path | None, str]:
     (None, why not)."""
     sys.path.insert(0, str(ROOT))
     from atom_ckfree import aiter_source
+    from atom_ckfree.errors import CkfreeError
 
-    repo, where = aiter_source.aiter_git()
+    try:
+        repo, where = aiter_source.aiter_git()
+    except CkfreeError as error:  # ATOM_CKFREE_AITER names nothing fetchable
+        return None, f"no AITER source: {error}"
     if repo is None:
         return None, where
     commit = aiter_source.pinned_commit(repo)

@@ -45,9 +45,11 @@ CHIPS = {
         ("hip", "gfx950", 64), "AMD Instinct MI355X", "float8_e4m3fn", 160 << 10
     ),
 }
-# The CDNA3/CDNA4 register file: 512 VGPRs per SIMD lane, shared by the arch VGPRs
-# and the accumulation VGPRs (AGPRs) of the waves on that SIMD, at most 8 waves
-# per SIMD.
+# Occupancy from registers on CDNA3/CDNA4 (gfx90a and later): one unified file
+# of 512 VGPRs per SIMD lane holds the arch VGPRs and the accumulation VGPRs
+# (AGPRs) of all waves on the SIMD. A wave takes align(VGPRs, 4) + AGPRs
+# (LLVM, AMDGPU::getTotalNumVGPRs for GFX90A), allocated in granules of 8, and a
+# SIMD holds at most 8 waves (LLVM, IsaInfo::getMaxWavesPerEU for GFX90A+).
 VGPRS_PER_SIMD = 512
 VGPR_GRANULE = 8
 MAX_WAVES_PER_SIMD = 8
@@ -57,10 +59,11 @@ NO_SPILL = {"_moe_gemm1_kernel", "_moe_gemm2_kernel", "_group_quant_kernel"}
 
 
 def waves_per_simd(vgpr: int, agpr: int) -> int:
-    """Waves a SIMD holds at this register use: 512 // (VGPRs + AGPRs, each rounded
-    up to the allocation granule of 8), at most 8."""
-    used = sum(-(-n // VGPR_GRANULE) * VGPR_GRANULE for n in (vgpr, agpr))
-    return min(MAX_WAVES_PER_SIMD, VGPRS_PER_SIMD // max(used, 1))
+    """Waves a SIMD holds at this register use:
+    min(8, 512 // roundup(roundup(VGPRs, 4) + AGPRs, 8))."""
+    total = -(-vgpr // 4) * 4 + agpr
+    used = -(-max(total, 1) // VGPR_GRANULE) * VGPR_GRANULE
+    return min(MAX_WAVES_PER_SIMD, VGPRS_PER_SIMD // used)
 
 
 def _load(name: str, path: pathlib.Path):
@@ -145,7 +148,11 @@ def describe(launch) -> str:
         if param.is_constexpr and name not in skip
     ]
     opts = [f"{k}={v}" for k, v in sorted(launch.options.items())]
-    ones = [n for n, v in launch.args.items() if type(v) is int and v == 1]
+    ones = [
+        name
+        for param, (name, v) in zip(launch.kernel.params, launch.args.items())
+        if not param.is_constexpr and type(v) is int and v == 1
+    ]
     ones = f"{{{','.join(ones)}=1}}" if ones else ""
     return f"{launch.name}[{','.join(consts)}]({','.join(opts)}){ones}"
 
