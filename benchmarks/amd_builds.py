@@ -125,8 +125,8 @@ def render(records: dict, wall: dict) -> str:
         "",
         (
             "What is built is what the host code selects: the Triton MoE pipeline "
-            "(`overlay/atom/model_ops/triton_moe.py`) at the shapes and M values of "
-            "`benchmarks/moe_bench.py` as each chip (device name, arch, native FP8: "
+            "(`overlay/atom/model_ops/triton_moe.py`) at the model shapes of "
+            "`benchmarks/moe_bench.py` and M = 1, 2, 4 ... 8192 as each chip (device name, arch, native FP8: "
             "e4m3fnuz on gfx942, e4m3fn on gfx950), every distinct launch once; and "
             "AITER's entry points with ATOM's arguments "
             f"({aiter_src or 'AITER source not found: not built'}). "

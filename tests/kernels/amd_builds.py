@@ -2,10 +2,10 @@
 
 What is built is what the host code selects: the Triton MoE pipeline
 (``overlay/atom/model_ops/triton_moe.py``) runs on ``meta`` tensors at the
-benchmark's model shapes and M values with the chip's device name and FP8 dtype,
-and every launch it makes is recorded (launch_recorder.py) and compiled for the
-chip with kernel_builds.build(); likewise AITER's Triton entry points
-(aiter_builds.py) with ATOM's arguments.
+benchmark's model shapes and M = 1, 2, 4 ... 8192 as the chip (its device name,
+arch and FP8 dtype), and every launch it makes is recorded (launch_recorder.py)
+and compiled for the chip with kernel_builds.build(); likewise AITER's Triton
+entry points (aiter_builds.py) with ATOM's arguments.
 
 Run as a script (``python amd_builds.py gfx942 [--sm90]``): prints one JSON
 list, a record per (variant, target) with its resources or its build error. It
@@ -96,11 +96,17 @@ def as_chip(tm, chip_name: str):
         tm._device_name, tm._device_arch = real
 
 
+# Every power of two from 1 to 8192 tokens: the benchmark's M values and the
+# steps between them (the heuristic's thresholds fall between them; 3 * 2**i
+# added no variant on either chip).
+MOE_TOKENS = [2**i for i in range(14)]
+
+
 def moe_problems():
-    """(label, E, top_k, K, N, mode, M) over the benchmark's shapes and M values."""
+    """(label, E, top_k, K, N, mode, M) over the benchmark's model shapes."""
     bench = _load("atom_ckfree_moe_bench", ROOT / "benchmarks" / "moe_bench.py")
     for name, (E, top_k, K, N, mode) in bench.SHAPES.items():
-        for M in bench.MS:
+        for M in MOE_TOKENS:
             yield f"{name} M={M}", E, top_k, K, N, mode, M
 
 

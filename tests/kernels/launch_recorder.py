@@ -32,7 +32,7 @@ class Launch:
     def __post_init__(self):
         self.key = (
             self.kernel.fn.__qualname__,
-            _shape_key(self.args),
+            _shape_key(self.kernel.params, self.args),
             _items(self.options),
         )
 
@@ -72,17 +72,17 @@ def _is_one(value, param) -> bool:
     return type(value) is int and value == 1 and not param.do_not_specialize
 
 
-def _shape_key(args: dict) -> tuple:
-    # What decides the compiled code: constexpr values, dtypes, and for integers
-    # only whether they become constants (1) - not the sizes themselves, nor
-    # their divisibility by 16 (an alignment hint for the loads, not a different
-    # tile, pipeline or LDS layout; kept out so that each selected configuration
-    # is built once, with the hints of its first launch).
+def _shape_key(params, args: dict) -> tuple:
+    # What decides the compiled code: constexpr values, dtypes, and for integer
+    # arguments only whether they become constants (1) - not the sizes
+    # themselves, nor their divisibility by 16 (an alignment hint for the loads,
+    # not a different tile, pipeline or LDS layout; kept out so that each
+    # selected configuration is built once, with the hints of its first launch).
     out = []
-    for name, v in args.items():
+    for param, (name, v) in zip(params, args.items()):
         if isinstance(v, torch.Tensor):
             out.append((name, str(v.dtype)))
-        elif type(v) is int:
+        elif type(v) is int and not param.is_constexpr:
             out.append((name, "1" if v == 1 else "i"))
         else:
             out.append((name, repr(v)))

@@ -189,3 +189,14 @@ def test_pipelines_shortened_to_fit_the_chip(arch, stages):
     cfg = dict(tm._BASE, block_m=16, bn1=128, bn2=128, quant_x=True, quant_h=True)
     fitted = tm._fit_arch(cfg, arch)
     assert (fitted["s1"], fitted["s2"]) == stages
+
+
+@pytest.mark.parametrize(
+    "arch,reduce,bm2", [("gfx942", "atomic", 64), ("gfx950", "atomic", 64),
+                        ("gfx942", "buffer", None), ("", "atomic", None)],
+)  # fmt: skip
+def test_atomic_gemm2_in_64_row_tiles_on_amd(arch, reduce, bm2):
+    # 128-row blocks: the atomic top-k sum spilled SGPRs in 128-row GEMM2 tiles.
+    tm = amd_builds.pipeline_module()
+    cfg = dict(tm._BASE, block_m=128, bn2=128, w2=8, s2=3, reduce=reduce)
+    assert tm._fit_arch(cfg, arch)["bm2"] == bm2

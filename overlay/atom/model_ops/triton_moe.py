@@ -1455,20 +1455,25 @@ def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> di
 # there), and on gfx950 GEMM1 with 4 stages fails to build (the block ping-pong
 # pass: "PassManager::run failed"), 3 stages build. gfx950 copies operands
 # asynchronously and keeps one buffer more (16x128x128, 3 stages: 107456 bytes).
+# On both, GEMM2 with the atomic top-k sum in 128-row tiles spills SGPRs (Mixtral
+# M=4096, 128x128 tiles: 22 on gfx942, 34 on gfx950 with 8 warps, 249 and 254
+# with 4); 64-row tiles of the same blocks do not (80 and 72 VGPRs).
 _ARCH_LIMITS = {"gfx942": (64 << 10, 0, None), "gfx950": (160 << 10, 1, 3)}
 
 
 def _fit_arch(cfg: dict, arch: str) -> dict:
-    """``cfg`` with its GEMM pipelines shortened where ``arch``'s limits need it:
-    fewer stages until the operand buffers (the activation tile, FP8 or the
-    bf16 one quantised in the prologue, and GEMM1's two weight tiles / GEMM2's
-    one) fit the chip's LDS."""
+    """``cfg`` fitted to ``arch``'s limits: the atomic GEMM2 in at most 64-row
+    tiles, and GEMM pipelines shortened until the operand buffers (the
+    activation tile, FP8 or the bf16 one quantised in the prologue, and GEMM1's
+    two weight tiles / GEMM2's one) fit the chip's LDS."""
     if arch not in _ARCH_LIMITS:
         return cfg
     lds, extra, max_s1 = _ARCH_LIMITS[arch]
     bm, bk1, bk2 = cfg["block_m"], cfg["bk1"], cfg["bk2"]
     tile1 = bm * bk1 * (1 if cfg["quant_x"] else 2) + 2 * bk1 * cfg["bn1"]
     bm2 = cfg.get("bm2") or bm
+    if (cfg["reduce"] == "atomic" or cfg.get("split_k2", 1) > 1) and bm2 > 64:
+        bm2 = 64
     tile2 = bm2 * bk2 * (1 if cfg["quant_h"] else 2) + bk2 * cfg["bn2"]
     s1 = min(cfg["s1"], max_s1 or cfg["s1"])
     s2 = cfg["s2"]
@@ -1476,7 +1481,7 @@ def _fit_arch(cfg: dict, arch: str) -> dict:
         s1 -= 1
     while s2 > 1 and (s2 - 1 + extra) * tile2 > lds:
         s2 -= 1
-    return dict(cfg, s1=s1, s2=s2)
+    return dict(cfg, s1=s1, s2=s2, bm2=None if bm2 == bm else bm2)
 
 
 def _device_arch(device: torch.device) -> str:
