@@ -22,11 +22,12 @@ from .workspace import git
 CHECKOUT_BRANCH = "ck-free-base"
 
 
-def cache_repo() -> Path:
+def cache_repo(name: str = "atom") -> Path:
+    """The cached bare repository ``name.git`` (``atom``; ``aiter`` for tests)."""
     root = Path(
         os.environ.get("ATOM_CKFREE_CACHE", Path.home() / ".cache" / "atom-ckfree")
     )
-    repo = root / "atom.git"
+    repo = root / f"{name}.git"
     for path in (root, repo):
         if path.exists() and not path.is_dir():
             raise UserError(
@@ -65,13 +66,16 @@ def _location(upstream: str) -> str:
 
 
 def update_cache(
-    upstream: str = DEFAULT_UPSTREAM, branch: str = "main", required: bool = False
+    upstream: str = DEFAULT_UPSTREAM,
+    branch: str = "main",
+    required: bool = False,
+    name: str = "atom",
 ) -> Path:
-    """Fetch ``upstream``'s ``branch`` and tags into the cache. A failed fetch is fatal
+    """Fetch ``upstream``'s ``branch`` and tags into the cache ``name``. A failed fetch is fatal
     when ``required`` (the user named this upstream) or when the cache has nothing yet;
     otherwise the cache is used as it is. (Only what is asked for: a fork's hundreds of
     topic branches are not worth the download.)"""
-    repo = cache_repo()
+    repo = cache_repo(name)
     created = not (repo / "HEAD").exists()
     if created:
         repo.mkdir(parents=True, exist_ok=True)

@@ -47,12 +47,20 @@ def _find_aiter_dir() -> pathlib.Path | None:
     return None
 
 
-def _stub(name: str, path: pathlib.Path) -> types.ModuleType:
-    mod = types.ModuleType(name)
-    mod.__path__ = [str(path)]
-    mod.__package__ = name
-    sys.modules[name] = mod
-    return mod
+def stub_packages(root: pathlib.Path, *packages: str) -> types.ModuleType:
+    """Stub packages ``aiter``, ``aiter.ops``, ``aiter.ops.triton`` and
+    ``packages`` (dotted names below ``aiter``) whose ``__path__`` points into the
+    AITER package directory ``root``, so that AITER's Python modules import
+    without AITER's own package ``__init__`` files. Returns the ``aiter`` stub."""
+    top = None
+    for sub in ("", "ops", "ops.triton", *packages):
+        name = f"aiter.{sub}" if sub else "aiter"
+        mod = types.ModuleType(name)
+        mod.__path__ = [str(root.joinpath(*sub.split(".")) if sub else root)]
+        mod.__package__ = name
+        sys.modules[name] = mod
+        top = top or mod
+    return top
 
 
 class AiterPeer:
@@ -75,9 +83,7 @@ class AiterPeer:
 
     def __init__(self, root: pathlib.Path):
         self.root = root
-        _stub("aiter", root)
-        _stub("aiter.ops", root / "ops")
-        _stub("aiter.ops.triton", root / "ops" / "triton")
+        stub_packages(root)
         # Patch 1: one XCD. Patch the defining module before the wrappers bind the
         # name, and the wrappers' own binding afterwards.
         dev_info = importlib.import_module("aiter.ops.triton.utils.device_info")

@@ -279,13 +279,14 @@ BUILDS = {
 }
 
 
-def build(kernel, constexprs, pointer_types, num_warps):
-    """Compile ``kernel`` for sm_90 with ``constexprs``; the other arguments are
+SM90 = ("cuda", 90, 32)
+
+
+def table_source(kernel, constexprs, pointer_types):
+    """The ASTSource of ``kernel`` with ``constexprs``; the other arguments are
     int32 scalars, pointers (``*_ptr``) of ``pointer_types[name]`` (float32) or
     tensor descriptors (``*_desc``) of type ``pointer_types[name]`` (a
     constexpr ``None`` when absent)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     missing = [
@@ -303,16 +304,74 @@ def build(kernel, constexprs, pointer_types, num_warps):
             signature[name] = "*" + pointer_types.get(name, "fp32")
         else:
             signature[name] = "i32"
-    src = ASTSource(
+    return ASTSource(
         fn=kernel,
         signature=signature,
         constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
     )
-    triton.compile(
-        src,
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": num_warps, "num_stages": 3},
+
+
+def build(src, target, options):
+    """Compile ``src`` for ``target`` (a ``(backend, arch, warp size)`` triple,
+    e.g. ``("hip", "gfx942", 64)``) with launch ``options``; returns the
+    compiled kernel. The one way this project builds a kernel without a GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    return triton.compile(src, target=GPUTarget(*target), options=options)
+
+
+# AMDGPU code-object metadata keys read per kernel (LLVM's AMDGPUUsage, "Code
+# Object V3+ Metadata"): register counts, spills and the private segment (scratch).
+AMDGPU_KEYS = {
+    "vgpr": ".vgpr_count",
+    "agpr": ".agpr_count",
+    "sgpr": ".sgpr_count",
+    "vgpr_spill": ".vgpr_spill_count",
+    "sgpr_spill": ".sgpr_spill_count",
+    "scratch": ".private_segment_fixed_size",
+}
+
+
+def resources(kernel, target) -> dict:
+    """LDS / shared-memory bytes and register use of a compiled ``kernel``: on AMD
+    from the AMDGPU metadata of its AMDGCN text (a YAML document), on NVIDIA from
+    ``cuobjdump --dump-resource-usage`` of its cubin (REG, STACK, LOCAL)."""
+    out = {"lds": kernel.metadata.shared}
+    if target[0] == "hip":
+        from ruamel.yaml import YAML
+
+        asm = kernel.asm["amdgcn"]
+        begin = asm.index(".amdgpu_metadata") + len(".amdgpu_metadata")
+        end = asm.index(".end_amdgpu_metadata")
+        doc = YAML(typ="safe").load(asm[begin:end].rstrip())
+        (meta,) = doc["amdhsa.kernels"]
+        out.update({k: int(meta[key]) for k, key in AMDGPU_KEYS.items()})
+        return out
+    import subprocess
+    import tempfile
+
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run(
+            [knobs.nvidia.cuobjdump.path, "--dump-resource-usage", cubin.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    fields = dict(
+        item.split(":", 1)
+        for line in usage.splitlines()
+        if "REG:" in line
+        for item in line.split()
     )
+    out.update(
+        regs=int(fields["REG"]), stack=int(fields["STACK"]), local=int(fields["LOCAL"])
+    )
+    return out
 
 
 def main() -> int:
@@ -324,7 +383,8 @@ def main() -> int:
     errors = {}
     for variant, (name, constexprs, pointer_types, warps) in BUILDS.items():
         try:
-            build(getattr(tm, name), constexprs, pointer_types, warps)
+            src = table_source(getattr(tm, name), constexprs, pointer_types)
+            build(src, SM90, {"num_warps": warps, "num_stages": 3})
             errors[variant] = None
         except Exception as exc:  # noqa: BLE001 - reported per variant
             errors[variant] = f"{type(exc).__name__}: {exc}"[-3000:]

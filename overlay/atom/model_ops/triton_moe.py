@@ -1731,6 +1731,42 @@ def _heuristic_config(num_experts: int, n: int, k: int, m: int, cols: int) -> Mo
     return MoeConfig(**cfg)
 
 
+# AMD Instinct limits a selected configuration must meet, from offline builds with
+# Triton 3.9 (tests/kernels/amd_builds.py): (LDS bytes per workgroup, operand
+# buffers kept in LDS beyond num_stages - 1, most GEMM1 stages). GEMM1 with 16- or
+# 32-row 128-wide tiles and 4 stages needed 102-108 KiB of LDS on gfx942 (64 KiB
+# there), and on gfx950 GEMM1 with 4 stages fails to build (the block ping-pong
+# pass: "PassManager::run failed"), 3 stages build. gfx950 copies operands
+# asynchronously and keeps one buffer more (16x128x128, 3 stages: 107456 bytes).
+# On both, GEMM2 with the atomic top-k sum in 128-row tiles spills SGPRs (Mixtral
+# M=4096, 128x128 tiles: 22 on gfx942, 34 on gfx950 with 8 warps, 249 and 254
+# with 4); 64-row tiles of the same blocks do not (80 and 72 VGPRs).
+_ARCH_LIMITS = {"gfx942": (64 << 10, 0, None), "gfx950": (160 << 10, 1, 3)}
+
+
+def _fit_arch(cfg: dict, arch: str) -> dict:
+    """``cfg`` fitted to ``arch``'s limits: the atomic GEMM2 in at most 64-row
+    tiles, and GEMM pipelines shortened until the operand buffers (the
+    activation tile, FP8 or the bf16 one quantised in the prologue, and GEMM1's
+    two weight tiles / GEMM2's one) fit the chip's LDS."""
+    if arch not in _ARCH_LIMITS:
+        return cfg
+    lds, extra, max_s1 = _ARCH_LIMITS[arch]
+    bm, bk1, bk2 = cfg["block_m"], cfg["bk1"], cfg["bk2"]
+    tile1 = bm * bk1 * (1 if cfg["quant_x"] else 2) + 2 * bk1 * cfg["bn1"]
+    bm2 = cfg.get("bm2") or bm
+    if (cfg["reduce"] == "atomic" or cfg.get("split_k2", 1) > 1) and bm2 > 64:
+        bm2 = 64
+    tile2 = bm2 * bk2 * (1 if cfg["quant_h"] else 2) + bk2 * cfg["bn2"]
+    s1 = min(cfg["s1"], max_s1 or cfg["s1"])
+    s2 = cfg["s2"]
+    while s1 > 1 and (s1 - 1 + extra) * tile1 > lds:
+        s1 -= 1
+    while s2 > 1 and (s2 - 1 + extra) * tile2 > lds:
+        s2 -= 1
+    return dict(cfg, s1=s1, s2=s2, bm2=None if bm2 == bm else bm2)
+
+
 # --------------------------------------------------------------------------------------
 # Host-side helpers
 # --------------------------------------------------------------------------------------
@@ -2360,8 +2396,9 @@ def plan_moe_fp8(
     elif _interpreting():
         cfg = _INTERPRETER_CONFIG.as_dict()
     else:
+        device = device_info(hidden_states.device)
         cfg = select_moe_config(
-            device_info(hidden_states.device),
+            device,
             E,
             N,
             K,
@@ -2370,6 +2407,7 @@ def plan_moe_fp8(
             block_shape=block_shape,
             static_scales=static,
         ).config.as_dict()
+        cfg = _fit_arch(cfg, device.arch)
     if a2 is not None:
         cfg["quant_h"] = True  # the intermediate is quantised with the given scale
 

@@ -1,0 +1,71 @@
+"""Where tests and benchmarks find AITER's source, at the commit that matches the pin.
+
+The source is AITER's git history: ``$ATOM_CKFREE_AITER`` (a git directory, a clone
+or a URL; fetched into the tool's cache first) or the cache itself
+(``~/.cache/atom-ckfree/aiter.git``, see :func:`atom_ckfree.upstream.cache_repo`).
+The commit is the last one of AITER's ``main`` (first parents) not newer than the
+ATOM pin, extracted once per commit into an ignored folder of this repository;
+AITER's Python is imported from there through stub packages, never copied.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+from . import upstream
+from .workspace import git
+
+ENV = "ATOM_CKFREE_AITER"
+AITER_UPSTREAM = "https://github.com/ROCm/aiter.git"
+# The committer date of the ATOM pin (87460d31, "enable mtp=3 (#228)").
+PIN_DATE = "2026-02-24T11:07:47+08:00"
+EXTRACT_ROOT = Path(__file__).resolve().parents[1] / ".aiter"
+
+
+def aiter_git() -> tuple[Path | None, str]:
+    """(the git directory of AITER's history, where it came from), or
+    (None, why there is none)."""
+    given = os.environ.get(ENV)
+    if given:
+        return upstream.update_cache(given, "main", name="aiter"), f"{ENV}={given}"
+    repo = upstream.cache_repo("aiter")
+    if (repo / "HEAD").exists():
+        return repo, str(repo)
+    return None, (
+        f"no AITER source: set {ENV} to AITER's git (a clone, bare directory or "
+        f"URL such as {AITER_UPSTREAM}) or seed {repo} with it"
+    )
+
+
+def pinned_commit(repo: Path) -> str | None:
+    """The last first-parent commit of ``main`` not newer than the ATOM pin."""
+    out = git(
+        repo,
+        "log",
+        "--first-parent",
+        "main",
+        f"--before={PIN_DATE}",
+        "-1",
+        "--format=%H",
+        check=False,
+    )
+    return out or None
+
+
+def extract(repo: Path, commit: str, root: Path = EXTRACT_ROOT) -> Path:
+    """AITER's ``aiter`` package at ``commit``, extracted under ``root/commit``
+    (once); returns the package directory."""
+    dest = root / commit
+    package = dest / "aiter"
+    if (dest / ".complete").exists():
+        return package
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "aiter.tar"
+    git(repo, "archive", "--format=tar", "-o", str(archive), commit, "aiter")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    archive.unlink()
+    (dest / ".complete").touch()
+    return package
