@@ -12,17 +12,19 @@ this repository. Without a source the tests skip, and say so.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import pathlib
 import subprocess
 import sys
+import tarfile
 import types
 
 import pytest
 
-# The kernels run under the Triton interpreter; it must be on while they are built
-# (at import) and while they run.
-os.environ["TRITON_INTERPRET"] = "1"
+# The kernels run under the Triton interpreter (unless told otherwise, as on a GPU); it
+# must be on while they are built (at import) and while they run.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The last AITER main commit not newer than the ATOM pin 87460d31 (2026-02-24 03:07
 # UTC): "Add compiler configurations for bpreshuffle_cktile modules (#2069)".
@@ -54,26 +56,30 @@ def aiter_source(dest: pathlib.Path) -> pathlib.Path:
         capture_output=True,
     )
     if archive.returncode:
-        why = archive.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        pytest.skip(f"{NO_AITER} ({git_dir} has no {AITER_COMMIT[:12]}: {why})")
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        why = archive.stderr.decode(errors="replace").strip().splitlines() or ["?"]
+        pytest.skip(f"{NO_AITER} ({git_dir} has no {AITER_COMMIT[:12]}: {why[-1]})")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
     return dest / "aiter"
 
 
 @pytest.fixture(scope="session")
-def aiter(tmp_path_factory):
+def aiter_tree(tmp_path_factory):
+    """The ``aiter`` folder of the extracted AITER source (once per session)."""
+    return aiter_source(tmp_path_factory.mktemp("aiter-src"))
+
+
+@pytest.fixture(scope="module")
+def aiter(aiter_tree):
     """The AITER source's Triton modules: ``aiter("aiter.ops.triton.x.y")``. The stub
-    packages stay in ``sys.modules`` for the session (AITER's wrappers import lazily)
-    and the previous entries come back afterwards."""
-    root = aiter_source(tmp_path_factory.mktemp("aiter-src"))
-    saved = {
-        name: mod for name, mod in sys.modules.items() if name.split(".")[0] == "aiter"
-    }
+    packages stay in ``sys.modules`` while a test module runs (AITER's wrappers
+    import lazily); the previous ``aiter*`` entries (a fake AITER) come back after."""
+    saved = {n: m for n, m in sys.modules.items() if n.split(".")[0] == "aiter"}
     for name in saved:
         del sys.modules[name]
     for name in STUBS:
         stub = types.ModuleType(name)
-        stub.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+        stub.__path__ = [str(aiter_tree.joinpath(*name.split(".")[1:]))]
         sys.modules[name] = stub
     # No GPU to ask: the arch lookup answers gfx942 (AITER's MI300X configs and dtypes)
     # and the CU count is a small machine's, for small interpreter grids. Patched in

@@ -439,3 +439,20 @@ def test_fused_moe_is_the_dense_moe(aiter, quant):
     want = _moe_reference(x, d1, d2, tw, ti)
     err = (out.double() - want).norm() / want.norm()
     assert err < tol, f"relative error {err:.3g}"
+
+
+def test_moe_sorting_with_an_expert_mask_renumbers_the_local_experts():
+    """EP: experts masked off get no rows; the others are numbered among the local
+    ones (expert 3 of mask [0, 1, 0, 1] is local expert 1)."""
+    ids = torch.tensor([[0, 3], [1, 2], [3, 1]], dtype=torch.int32)
+    w = torch.rand(3, 2)
+    bufs = _sorting_buffers(3, 2, 4, 2)
+    mask = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    contracts().moe_sorting_fwd(ids, w, *bufs, 4, 2, local_expert_mask=mask)
+    sorted_ids, _, expert_ids, valid, _ = bufs
+    pad = (2 << 24) | 3
+    assert valid.tolist() == [4, 3]
+    # expert 1: (token 1, slot 0), (token 2, slot 1); expert 3: (0, 1), (2, 0)
+    assert sorted_ids[:4].tolist() == [1, (1 << 24) | 2, (1 << 24) | 0, 2]
+    assert expert_ids[:2].tolist() == [0, 1]
+    assert (expert_ids[2:] == -1).all() and (sorted_ids[4:] == pad).all()
