@@ -194,35 +194,44 @@ def test_pertoken_quant_round_trip(asm_layout):
 # -- paged decode ------------------------------------------------------------------
 
 
-def test_triton_paged_decode_agrees_with_pa_fwd_asm(aiter):
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp16", "fp8-per-token"])
+def test_triton_paged_decode_agrees_with_pa_fwd_asm(aiter, fp8):
     """AITER's Triton ``paged_attention_decode`` over K/V laid out ``[blocks, heads,
     block, head]`` and the ``pa_fwd_asm`` stand-in over the same K/V in the ASM layout
-    give the same output."""
+    give the same output; FP8: the same bytes and the same per-token scales
+    ``[blocks, heads, block]``, which both kernels document."""
     import triton.language as tl
 
     pa = aiter("aiter.ops.triton.attention.pa_decode")
+    c = contracts()
     g = torch.Generator().manual_seed(3)
     head, bs, lens = 64, 16, [7, 30]
+    dtype = torch.float8_e4m3fnuz if fp8 else HALF
     table, slots = _paged(lens, bs, g)
-    plain_k = torch.zeros(NUM_BLOCKS, KV_HEADS, bs, head).to(HALF)
-    plain_v = torch.zeros_like(plain_k)
-    asm_k, asm_v = _asm_caches(HALF, head, bs)
+    asm_k, asm_v = _asm_caches(dtype, head, bs)
+    ks, vs = (torch.ones(NUM_BLOCKS, KV_HEADS, bs) for _ in "kv")
     for s, n in enumerate(lens):
         k, v = (torch.randn(n, KV_HEADS, head, generator=g).to(HALF) for _ in "kv")
-        plain_k[slots[s] // bs, :, slots[s] % bs] = k
-        plain_v[slots[s] // bs, :, slots[s] % bs] = v
-        contracts().reshape_and_cache(
-            k, v, asm_k, asm_v, slots[s], "auto", None, None, True
-        )
+        if fp8:
+            c.reshape_and_cache_with_pertoken_quant(
+                k, v, asm_k, asm_v, ks, vs, slots[s], True
+            )
+        else:
+            c.reshape_and_cache(k, v, asm_k, asm_v, slots[s], "auto", None, None, True)
+    x = asm_k.shape[-1]
+    plain_k = c.k_cache_view(asm_k)
+    plain_v = c.v_cache_view(asm_v, x, head, asm_layout=True)
     q = torch.randn(len(lens), Q_HEADS, head, generator=g).to(HALF)
     ctx = torch.tensor(lens, dtype=torch.int32)
     want = torch.empty_like(q)
-    one = torch.ones(1)
     pa.paged_attention_decode(
         want, q, plain_k, plain_v, ctx, table, 1 / math.sqrt(head), max(lens),
-        tl.float16, one, one,
+        tl.float16, ks if fp8 else torch.ones(1), vs if fp8 else torch.ones(1),
     )  # fmt: skip
-    got = contracts().pa_fwd_asm(q, asm_k, asm_v, table, ctx, table.stride(0))
+    got = c.pa_fwd_asm(
+        q, asm_k, asm_v, table, ctx, table.stride(0),
+        K_QScale=ks if fp8 else None, V_QScale=vs if fp8 else None,
+    )  # fmt: skip
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=1e-2)
 
 

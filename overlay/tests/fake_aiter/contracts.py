@@ -44,7 +44,7 @@ def _slots(slot_mapping: torch.Tensor):
 def k_cache_view(key_cache: torch.Tensor) -> torch.Tensor:
     """The K cache as ``[num_blocks, kv_heads, block_size, head_size]`` (a copy)."""
     nb, h, dx, bs, x = key_cache.shape
-    return key_cache.permute(0, 1, 3, 2, 4).reshape(nb, h, bs, dx * x)
+    return key_cache.permute(0, 1, 3, 2, 4).reshape(nb, h, bs, dx * x).contiguous()
 
 
 def v_cache_view(
@@ -60,6 +60,7 @@ def v_cache_view(
             flat.view(nb, h, bs // x, head_size, x)
             .permute(0, 1, 2, 4, 3)
             .reshape(nb, h, bs, head_size)
+            .contiguous()
         )
     return flat.view(nb, h, head_size, bs).transpose(-1, -2).contiguous()
 
@@ -208,15 +209,19 @@ def pa_fwd_asm(
     ``[num_blocks, kv_heads, head_size // x, block_size, x]`` (``:161``); ``V`` memory
     ``[num_blocks, kv_heads, block_size // X, head_size, X]`` (``:162``), read through
     K's block and head strides (``:185-186, 212-213``) so V must be contiguous like K;
-    ``X`` is K's ``x`` (the writer, ``cache_kernels.cu:219-225``, uses one ``x`` for
-    both). ``block_size = K.size(3)``, GQA = ``num_heads // kv_heads`` (``:181-182``).
+    ``X`` is K's ``x``, ``16 // element_size`` (AITER's own test shuffles V so,
+    ``op_tests/test_pa.py:576-583``, and the writer, ``cache_kernels.cu:219-225``, uses
+    one ``x`` for both). ``block_size = K.size(3)``, GQA = ``num_heads // kv_heads`` (``:181-182``).
     ``block_tables`` rows are ``block_tables_stride0`` int32 apart (``args.mblk``,
     ``:210``). The softmax scale is fixed at ``1 / sqrt(head_size)`` (``:187-189``,
     there is no scale argument). FP8/int8 caches are dequantised with
     ``K_QScale``/``V_QScale``, which the kernel receives as bare pointers (``:200-203``):
     the per-token ``[num_blocks, kv_heads, block_size]`` float32 tensors the ASM-layout
     cache writer fills (``cache_kernels.cu:424-430``; ATOM's ``kv_scale``,
-    ``model_runner.py:1037-1045``), so a per-tensor scale is refused here.
+    ``model_runner.py:1037-1045``). AITER's test gives a per-tensor scale to the ASM
+    kernel only spread over such a tensor (``op_tests/test_pa.py:761-767``), so a
+    per-tensor scale is refused here; ``[..., block_size, 1]`` (its per-token case,
+    ``:207``) is the same memory and accepted.
     ``high_precision`` only picks a kernel's rounding; the stand-in computes in float32.
     Output: ``out_`` or a new tensor like ``Q`` (``:174``). ``max_qlen > 1`` (MTP) is
     not modelled and raises."""
@@ -233,15 +238,16 @@ def pa_fwd_asm(
             raise ValueError("pa_fwd_asm: scales given for a bf16/fp16 cache")
     else:
         want = (num_blocks, kv_heads, block_size)
-        for s in (K_QScale, V_QScale):
-            if s is None or tuple(s.shape) != want or s.dtype != torch.float32:
-                got = None if s is None else (tuple(s.shape), s.dtype)
+        for sc in (K_QScale, V_QScale):
+            shape = None if sc is None else tuple(sc.shape)
+            if shape not in (want, (*want, 1)) or sc.dtype != torch.float32:
+                got = None if sc is None else (shape, sc.dtype)
                 raise ValueError(
                     f"pa_fwd_asm: FP8/int8 cache needs per-token float32 scales "
                     f"{want}, got {got}"
                 )
-        kf = kf * K_QScale[..., None]
-        vf = vf * V_QScale[..., None]
+        kf = kf * K_QScale.reshape(*want, 1)
+        vf = vf * V_QScale.reshape(*want, 1)
     out = out_ if out_ is not None else torch.empty_like(Q)
     table = block_tables.flatten()
     scale = 1.0 / math.sqrt(head_size)
