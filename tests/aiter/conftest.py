@@ -30,7 +30,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # UTC): "Add compiler configurations for bpreshuffle_cktile modules (#2069)".
 AITER_COMMIT = "a2081d445a770fdabf3015a077f7b933571f02ab"
 AITER_CACHE = pathlib.Path.home() / ".cache" / "atom-ckfree" / "aiter.git"
-# What the tests import: AITER's Triton tree, and the one pure-Python jit helper it uses.
+# What the tests import: AITER's Triton tree and two pure-Python helpers.
 AITER_PATHS = (
     "aiter/ops/triton",
     "aiter/ops/shuffle.py",

@@ -326,6 +326,23 @@ def test_mla_decode_is_absorbed_attention(fp8):
         torch.testing.assert_close(o[b : b + 1].double(), want, atol=2e-2, rtol=1e-2)
 
 
+def test_mla_decode_called_as_the_fp8_paged_prefill_calls_it_is_refused():
+    """A known bug of the pin, kept by series 3's FP8 paged prefill: ATOM passes
+    ``max_q_len, self.scale, 0.0, None`` positionally (``attention_mla.py:450-462``),
+    so the softmax scale lands in ``page_size`` and ``0.0`` in ``nhead_kv``
+    (``aiter/mla.py:144-155``)."""
+    g = torch.Generator().manual_seed(3)
+    kv, pages, kv_indptr, _, lora, heads = _mla_case(g)
+    q = torch.randn(2, heads, kv.shape[-1], generator=g).bfloat16()
+    o = torch.empty(2, heads, lora).bfloat16()
+    qo = torch.tensor([0, 1, 2], dtype=torch.int32)
+    last = torch.ones(2, dtype=torch.int32)
+    with pytest.raises(TypeError, match="page_size=0.1"):
+        contracts().mla_decode_fwd(
+            q, kv, o, qo, kv_indptr, pages, last, 1, 0.1, 0.0, None
+        )
+
+
 def test_mla_prefill_is_causal_absorbed_attention():
     g = torch.Generator().manual_seed(9)
     kv, pages, kv_indptr, lens, lora, heads = _mla_case(g)

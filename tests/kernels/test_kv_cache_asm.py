@@ -4,8 +4,8 @@ Under the Triton interpreter at small sizes: the bytes it writes equal those of 
 ``reshape_and_cache(asm_layout=True)`` and ``reshape_and_cache_with_pertoken_quant(
 asm_layout=True)`` stand-ins (FP8 data chosen so that quantising rounds nothing: the
 interpreter's float32 -> FP8 cast rounds differently from torch and the GPU), and a
-cache it wrote over a prefill and decode steps (FP8: such data again), read by the ``pa_fwd_asm`` stand-in,
-gives plain torch attention.
+cache it wrote over a prefill and decode steps (FP8: such data again), read by the
+``pa_fwd_asm`` stand-in, gives plain torch attention.
 """
 
 from __future__ import annotations

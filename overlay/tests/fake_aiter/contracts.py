@@ -99,7 +99,7 @@ def reshape_and_cache(
     off % x]`` with ``asm_layout`` (``:219-225``, the same ``x`` as K) and to ``[blk,
     head, d, off]`` without (``:226-231``). ``kv_cache_dtype == "auto"`` copies; any
     other value stores ``value * (1 / scale)`` converted to the cache dtype, with the
-    first element of ``k_scale``/``v_scale`` as a per-tensor scale (``:203-204,
+    first element of ``k_scale``/``v_scale`` as a per-tensor scale (``:204-205,
     236-247``). Returns None (in place)."""
     tokens, slot, _ = _slots(slot_mapping)
     k, v = key[tokens], value[tokens]
@@ -208,14 +208,16 @@ def pa_fwd_asm(
     ``Q`` ``[num_seqs, num_heads, head_size]`` bf16/fp16 (``:160, 232-237``); ``K``
     ``[num_blocks, kv_heads, head_size // x, block_size, x]`` (``:161``); ``V`` memory
     ``[num_blocks, kv_heads, block_size // X, head_size, X]`` (``:162``), read through
-    K's block and head strides (``:185-186, 212-213``) so V must be contiguous like K;
+    K's block and head strides (``:185-186, 214-215``) so V must be contiguous like K;
     ``X`` is K's ``x``, ``16 // element_size`` (AITER's own test shuffles V so,
-    ``op_tests/test_pa.py:576-583``, and the writer, ``cache_kernels.cu:219-225``, uses
-    one ``x`` for both). ``block_size = K.size(3)``, GQA = ``num_heads // kv_heads`` (``:181-182``).
+    ``op_tests/test_pa.py:576-583``, and the writer, ``cache_kernels.cu:219-225``,
+    uses one ``x`` for both). ``block_size = K.size(3)``, GQA = ``num_heads //
+    kv_heads`` (``:181-182``).
     ``block_tables`` rows are ``block_tables_stride0`` int32 apart (``args.mblk``,
-    ``:210``). The softmax scale is fixed at ``1 / sqrt(head_size)`` (``:187-189``,
+    ``:211``). The softmax scale is fixed at ``1 / sqrt(head_size)`` (``:187-190``,
     there is no scale argument). FP8/int8 caches are dequantised with
-    ``K_QScale``/``V_QScale``, which the kernel receives as bare pointers (``:200-203``):
+    ``K_QScale``/``V_QScale``, which the kernel receives as bare pointers
+    (``:200-203``):
     the per-token ``[num_blocks, kv_heads, block_size]`` float32 tensors the ASM-layout
     cache writer fills (``cache_kernels.cu:424-430``; ATOM's ``kv_scale``,
     ``model_runner.py:1037-1045``). AITER's test gives a per-tensor scale to the ASM
@@ -411,13 +413,22 @@ def mla_decode_fwd(
     ``q`` ``[total_q, nhead, kv_lora_rank + rope]`` (bf16, or FP8 with ``q_scale``);
     ``kv_buffer`` ``[num_page, page_size, nhead_kv, kv_lora_rank + rope]`` (bf16, or
     FP8 with a per-tensor ``kv_scale`` ``[1]``, ``attention.py:578-580``); ``o``
-    ``[total_q, nhead, v_head_dim]`` is written in place with ``V = kv[..., :v_head_dim]``
+    ``[total_q, nhead, v_head_dim]`` is written in place with
+    ``V = kv[..., :v_head_dim]``
     (``mla.py:181``); sequence ``b`` has queries ``qo_indptr[b]:qo_indptr[b+1]`` and
     pages ``kv_indices[kv_indptr[b]:kv_indptr[b+1]]``, the last one holding
     ``kv_last_page_lens[b]`` tokens; ``sm_scale`` default ``1 / sqrt(qk_head_dim)``
-    (``mla.py:174-179``); ``logit_cap`` must be 0 (``:172``). Split/persistent
-    metadata only change how the work is divided, not the result. Returns ``(o,
+    (``mla.py:178-179``); ``logit_cap`` must be 0 (``:172``). Split/persistent
+    metadata only change how the work is divided, not the result. ``page_size`` and
+    ``nhead_kv`` go to the ASM kernel typed ``int`` (``attention.py:568-570``), so a
+    float there is refused, and they must describe ``kv_buffer``. Returns ``(o,
     lse)``-like: the stand-in returns ``(o, None)`` (no LSE)."""
+    for name, value, dim in (("page_size", page_size, 1), ("nhead_kv", nhead_kv, 2)):
+        if not isinstance(value, int) or value != kv_buffer.shape[dim]:
+            raise TypeError(
+                f"mla_decode_fwd: {name}={value!r} (an int, kv_buffer.shape[{dim}] = "
+                f"{kv_buffer.shape[dim]})"
+            )
     if logit_cap > 0:
         raise ValueError(f"logit_cap={logit_cap} is not supported")
     if return_logits or return_lse:
@@ -456,7 +467,7 @@ def mla_prefill_fwd(
     for bf16 (``q`` ``[num_seqs, num_heads, head_size]``, ``kv_buffer`` ``[num_page,
     page_size, num_kv_heads, kv_lora_rank + qk_rope_head_dim]``, ``o`` ``[num_seqs,
     num_heads, v_head_dim]``, ``:371-373``), queries of a sequence causal. AITER's
-    default ``sm_scale`` reads ``qk_head_dim`` before assigning it (``:384-385``):
+    default ``sm_scale`` reads ``qk_head_dim`` before assigning it (``:385-386``):
     ``sm_scale=None`` raises there, and raises here too. Returns ``(o, None)``."""
     if sm_scale is None:
         raise UnboundLocalError("mla_prefill_fwd: sm_scale=None fails in AITER too")
@@ -595,7 +606,8 @@ def fused_moe(
     splitk=0,
 ):
     """``aiter.fused_moe.fused_moe`` (``aiter/fused_moe.py:88-146``), the CK 2-stage
-    MoE ATOM calls (``atom/model_ops/moe.py:583``; ``torch.ops.aiter.rocm_aiter_fused_moe``).
+    MoE ATOM calls (``atom/model_ops/moe.py:583``, behind
+    ``torch.ops.aiter.rocm_aiter_fused_moe``).
 
     ``w1`` ``[E, 2 * inter, model_dim]`` (gate rows then up rows, "g1u1"), ``w2``
     ``[E, model_dim, inter]`` (``:90-91``), pre-shuffled when they carry
