@@ -79,12 +79,13 @@ def _reshape_and_cache_asm_kernel(
                 ks = tl.load(k_scale_ptr)
                 vs = tl.load(v_scale_ptr)
             else:
-                ks = tl.max(tl.where(live, tl.abs(k), 0.0), axis=0) / FP8_MAX
-                vs = tl.max(tl.where(live, tl.abs(v), 0.0), axis=0) / FP8_MAX
+                ks = tl.div_rn(tl.max(tl.where(live, tl.abs(k), 0.0), axis=0), FP8_MAX)
+                vs = tl.div_rn(tl.max(tl.where(live, tl.abs(v), 0.0), axis=0), FP8_MAX)
             # Multiply by the reciprocal, as AITER's cache kernels do, so that both
-            # writers round the same way.
-            k = k * (1.0 / ks)
-            v = v * (1.0 / vs)
+            # writers round the same way; correctly rounded divisions (a plain ``/``
+            # may be approximate on the GPU).
+            k = k * tl.div_rn(1.0, ks)
+            v = v * tl.div_rn(1.0, vs)
             if WRITE_SCALES:
                 at = (blk * num_kv_heads + head) * block_size + off
                 tl.store(k_dq_ptr + at, ks)
