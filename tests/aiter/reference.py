@@ -1,0 +1,44 @@
+"""Plain torch attention, written from the definition, for the contract tests.
+
+Nothing here calls the stand-ins or the kernels under test.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def attention(q, k, v, scale, causal=False, window_left=-1):
+    """softmax(q k^T * scale) v in float64 for one sequence: q ``[Lq, Hq, D]``, k/v
+    ``[Lk, Hk, D(v)]``, query head h on kv head ``h // (Hq // Hk)``. ``causal``: query i
+    sits at key position ``i + Lk - Lq`` and sees keys up to there (and, with
+    ``window_left >= 0``, from ``window_left`` before it)."""
+    hq, hk = q.shape[1], k.shape[1]
+    kk = k.double().repeat_interleave(hq // hk, dim=1)
+    vv = v.double().repeat_interleave(hq // hk, dim=1)
+    logits = torch.einsum("ihd,jhd->hij", q.double(), kk) * scale
+    if causal:
+        lq, lk = q.shape[0], k.shape[0]
+        pos = torch.arange(lq)[:, None] + (lk - lq)
+        key = torch.arange(lk)[None, :]
+        keep = key <= pos
+        if window_left >= 0:
+            keep &= key >= pos - window_left
+        logits = logits.masked_fill(~keep, float("-inf"))
+    return torch.einsum("hij,jhd->ihd", torch.softmax(logits, dim=-1), vv)
+
+
+def exact_fp8(shape, dtype, per_row_amax, generator):
+    """bf16 data whose FP8 quantisation is exact: FP8-representable values times a
+    power of two per row (the last dim), so that quantising with that power of two
+    (per tensor: ``per_row_amax=False``, scale 2**-3) or with ``amax / fp8 max`` (per
+    row: each row holds one ``±fp8 max``) rounds nothing. Returns (data, scales)."""
+    fmax = torch.finfo(dtype).max
+    r = (torch.randn(shape, generator=generator) * 16).clamp(-fmax, fmax)
+    r = r.to(dtype).float()
+    if not per_row_amax:
+        return (r * 2.0**-3).to(torch.bfloat16), torch.tensor([2.0**-3])
+    r[..., 0] = fmax * torch.sign(torch.randn(shape[:-1], generator=generator))
+    exps = torch.randint(-6, 1, shape[:-1], generator=generator).float()
+    scale = 2.0**exps
+    return (r * scale[..., None]).to(torch.bfloat16), scale
