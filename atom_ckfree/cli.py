@@ -29,6 +29,7 @@ from . import (
 )
 from .errors import CkfreeError, DriftError, FaultError, UserError
 from .series import load_all, select
+from .states import Outcome, SeriesState
 from .workspace import AtomTree
 
 
@@ -69,7 +70,7 @@ def cmd_status(args) -> int:
         )
     else:
         report.show_status(plans)
-    return 1 if any(p.state == "conflicting" for p in plans) else 0
+    return 1 if any(p.state == SeriesState.CONFLICTING for p in plans) else 0
 
 
 def cmd_apply(args) -> int:
@@ -106,7 +107,7 @@ def cmd_apply(args) -> int:
                 "".join(r.plan.diff() for r in results if r.plan is not None)
             )
         report.show_results(results)
-    return 1 if any(r.outcome == "conflict" for r in results) else 0
+    return 1 if any(r.outcome == Outcome.CONFLICT for r in results) else 0
 
 
 def cmd_checkout(args) -> int:
@@ -257,7 +258,7 @@ def cmd_sweep(args) -> int:
         for line in worse:
             report.errors.print(f"[red]worse:[/] {escape(line)}")
         return 1 if worse else 0
-    return 0 if all(v.verdict in sweep.GOOD for v in reports[-1].verdicts) else 1
+    return 0 if all(v.verdict.good for v in reports[-1].verdicts) else 1
 
 
 def cmd_regen(args) -> int:

@@ -22,9 +22,8 @@ from . import journal, treelock
 from .edits import FORMATS, Conflict
 from .errors import FaultError, UserError
 from .series import Series
+from .states import Outcome, SeriesState, UnitState
 from .workspace import AtomTree
-
-APPLIED, PENDING, CONFLICT = "applied", "pending", "conflict"
 
 
 @dataclass
@@ -33,7 +32,7 @@ class Unit:
 
     file: str
     id: str
-    state: str
+    state: UnitState
     conflict: Conflict | None = None
 
 
@@ -46,22 +45,22 @@ class SeriesPlan:
 
     @property
     def conflicts(self) -> list[Unit]:
-        return [u for u in self.units if u.state == CONFLICT]
+        return [u for u in self.units if u.state == UnitState.CONFLICT]
 
     @property
     def changes(self) -> dict[str, str]:
         return {p: t for p, t in self.after.items() if self.before.get(p) != t}
 
     @property
-    def state(self) -> str:
+    def state(self) -> SeriesState:
         states = [u.state for u in self.units]
-        if CONFLICT in states:
-            return "conflicting"
-        if all(s == APPLIED for s in states):
-            return "applied"
-        if all(s == PENDING for s in states):
-            return "not applied"
-        return "partly applied"
+        if UnitState.CONFLICT in states:
+            return SeriesState.CONFLICTING
+        if all(s == UnitState.APPLIED for s in states):
+            return SeriesState.APPLIED
+        if all(s == UnitState.PENDING for s in states):
+            return SeriesState.NOT_APPLIED
+        return SeriesState.PARTLY_APPLIED
 
     def diff(self) -> str:
         out = []
@@ -90,7 +89,7 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
             missing = Conflict(
                 edits[0].id, f"the file {path}", "no such file in the tree"
             )
-            plan.units += [Unit(path, e.id, CONFLICT, missing) for e in edits]
+            plan.units += [Unit(path, e.id, UnitState.CONFLICT, missing) for e in edits]
             continue
         fmt = FORMATS[edits[0].format]
         doc = fmt.parse(text)
@@ -103,10 +102,12 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
             except Conflict as conflict:
                 if edited:
                     conflict = _on_original(edit, fmt, text, conflict)
-                plan.units.append(Unit(path, edit.id, CONFLICT, conflict))
+                plan.units.append(Unit(path, edit.id, UnitState.CONFLICT, conflict))
                 continue
             edited = edited or changed
-            plan.units.append(Unit(path, edit.id, PENDING if changed else APPLIED))
+            plan.units.append(
+                Unit(path, edit.id, UnitState.PENDING if changed else UnitState.APPLIED)
+            )
         if edited:
             plan.after[path] = fmt.finish(text, fmt.render(doc))
         else:
@@ -116,17 +117,17 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
         have = read(path)
         plan.before[path] = have
         if have is None:
-            plan.units.append(Unit(path, f"overlay:{path}", PENDING))
+            plan.units.append(Unit(path, f"overlay:{path}", UnitState.PENDING))
             plan.after[path] = wanted
         elif have == wanted:
-            plan.units.append(Unit(path, f"overlay:{path}", APPLIED))
+            plan.units.append(Unit(path, f"overlay:{path}", UnitState.APPLIED))
         else:
             found = f"{path} exists with other content ({len(have.splitlines())} lines)"
             plan.units.append(
                 Unit(
                     path,
                     f"overlay:{path}",
-                    CONFLICT,
+                    UnitState.CONFLICT,
                     Conflict(f"overlay:{path}", "no file, or ours", found, 1),
                 )
             )
@@ -145,7 +146,7 @@ def _on_original(edit, fmt, text: str, conflict: Conflict) -> Conflict:
 @dataclass
 class SeriesResult:
     series: Series
-    outcome: str  # applied | already applied | would apply | conflict | skipped
+    outcome: Outcome
     plan: SeriesPlan | None = None
     commit: str | None = None
     reason: str = ""
@@ -272,23 +273,25 @@ def _apply(
         else:
             plan = plan_series(series, read)
         if plan.conflicts:
-            results.append(SeriesResult(series, "conflict", plan))
+            results.append(SeriesResult(series, Outcome.CONFLICT, plan))
             results += [
-                SeriesResult(s, "skipped", reason=f"series {series.number} conflicts")
+                SeriesResult(
+                    s, Outcome.SKIPPED, reason=f"series {series.number} conflicts"
+                )
                 for s in selected[index + 1 :]
             ]
             break
         changes = plan.changes
         written.update(changes)
         if not changes:
-            results.append(SeriesResult(series, "already applied", plan))
+            results.append(SeriesResult(series, Outcome.ALREADY_APPLIED, plan))
             continue
         if dry_run:
             staged.update(changes)
-            results.append(SeriesResult(series, "would apply", plan))
+            results.append(SeriesResult(series, Outcome.WOULD_APPLY, plan))
             continue
         sha = write(tree, plan, commit, len(all_series))
-        results.append(SeriesResult(series, "applied", plan, commit=sha))
+        results.append(SeriesResult(series, Outcome.APPLIED, plan, commit=sha))
     return results
 
 
@@ -296,7 +299,7 @@ def _check_dependencies(selected: list[Series], current: dict[int, SeriesPlan]) 
     chosen = {s.number for s in selected}
     for series in selected:
         for dep in series.depends_on:
-            if dep not in chosen and current[dep].state != "applied":
+            if dep not in chosen and current[dep].state != SeriesState.APPLIED:
                 raise UserError(
                     f"series {series.number} ({series.slug}) needs series {dep}, "
                     f"which is {current[dep].state} in this tree",
@@ -314,7 +317,7 @@ def _needed(chosen: set[int], current: dict[int, SeriesPlan]) -> list[int]:
             todo += [
                 d
                 for d in current[number].series.depends_on
-                if current[d].state != "applied"
+                if current[d].state != SeriesState.APPLIED
             ]
     return sorted(needed)
 
@@ -324,7 +327,8 @@ def _check_clean(tree: AtomTree, current: _Plans) -> None:
     ours = {
         f
         for s in current.by_number.values()
-        if not set(changed).isdisjoint(s.files) and current[s.number].state == "applied"
+        if not set(changed).isdisjoint(s.files)
+        and current[s.number].state == SeriesState.APPLIED
         for f in s.files
     }
     foreign = [p for p in changed if p not in ours]

@@ -21,7 +21,8 @@ from pathlib import Path
 from . import PIN, engine
 from .errors import FaultError, UserError
 from .series import Series
-from .workspace import AtomTree, git
+from .states import DONE, Outcome
+from .workspace import AtomTree, git, identity
 
 BRANCH_PREFIX = "ck-free/"
 
@@ -268,18 +269,11 @@ def _build_stack(
     try:
         git(tree.path, "worktree", "add", "-q", "--detach", str(work), base_sha)
         date = git(tree.path, "log", "-1", "--format=%cI", base_sha)
-        identity = {
-            "GIT_AUTHOR_NAME": author[0],
-            "GIT_AUTHOR_EMAIL": author[1],
-            "GIT_COMMITTER_NAME": author[0],
-            "GIT_COMMITTER_EMAIL": author[1],
-            "GIT_AUTHOR_DATE": date,
-            "GIT_COMMITTER_DATE": date,
-        }
+        commit_env = identity(*author, date)
         for index, series in enumerate(selected):
             progress(index, steps, branch_name(series))
             exported[series.number] = _build(
-                AtomTree(work, identity),
+                AtomTree(work, commit_env),
                 series,
                 all_series,
                 by_number,
@@ -357,13 +351,13 @@ def _build(
     )
     extra = [s for s in closure(series, by_number)[:-1] if s.number not in have]
     results = engine.apply(work, extra + [series], all_series, commit=True)
-    bad = [r for r in results if r.outcome not in ("applied", "already applied")]
+    bad = [r for r in results if r.outcome not in DONE]
     if bad:
         raise UserError(
             f"series {bad[0].series.number} does not apply on {start[:12]} ({bad[0].outcome})",
             "run `apply-patches status` on that commit to see the conflict",
         )
-    if results[-1].outcome == "already applied":
+    if results[-1].outcome == Outcome.ALREADY_APPLIED:
         raise UserError(
             f"series {series.number} is already in {start[:12]}, so its branch would "
             "carry nothing",

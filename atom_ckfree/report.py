@@ -23,19 +23,20 @@ from rich.table import Table
 
 from .engine import SeriesPlan, SeriesResult, Step, Unit
 from .series import Series
+from .states import Outcome, SeriesState, UnitState
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _STYLE = {
-    "applied": "green",
-    "already applied": "green",
-    "would apply": "cyan",
-    "not applied": "yellow",
-    "partly applied": "yellow",
-    "conflict": "red",
-    "conflicting": "red",
-    "skipped": "dim",
+    Outcome.APPLIED: "green",
+    Outcome.ALREADY_APPLIED: "green",
+    Outcome.WOULD_APPLY: "cyan",
+    SeriesState.NOT_APPLIED: "yellow",
+    SeriesState.PARTLY_APPLIED: "yellow",
+    Outcome.CONFLICT: "red",
+    SeriesState.CONFLICTING: "red",
+    Outcome.SKIPPED: "dim",
 }
 
 
@@ -196,7 +197,7 @@ def show_list(all_series: list[Series]) -> None:
 def show_status(plans: list[SeriesPlan]) -> None:
     grid = table("#", "series", "state", "edits applied", "title")
     for plan in plans:
-        done = sum(u.state == "applied" for u in plan.units)
+        done = sum(u.state == UnitState.APPLIED for u in plan.units)
         grid.add_row(
             str(plan.series.number),
             plan.series.slug,

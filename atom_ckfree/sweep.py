@@ -21,24 +21,21 @@ from pathlib import Path
 
 from . import engine, verify
 from .errors import UserError
+from .report import conflict_text
 from .series import Series
-from .workspace import AtomTree, git
+from .states import UnitState, Verdict
+from .workspace import AtomTree, git, identity
 
-GOOD = ("applied+verified", "already upstream")
-_SWEEP_IDENTITY = {
-    "GIT_AUTHOR_NAME": "atom-ckfree sweep",
-    "GIT_AUTHOR_EMAIL": "sweep@atom-ckfree.invalid",
-    "GIT_COMMITTER_NAME": "atom-ckfree sweep",
-    "GIT_COMMITTER_EMAIL": "sweep@atom-ckfree.invalid",
-}
-RANK = {"applied+verified": 0, "already upstream": 0, "verify-failed": 1, "drifted": 2}
+_WORDS = {v.value for v in Verdict}
+
+_SWEEP_IDENTITY = identity("atom-ckfree sweep", "sweep@atom-ckfree.invalid")
 
 
 @dataclass
-class Verdict:
+class SeriesVerdict:
     series: int
     name: str
-    verdict: str
+    verdict: Verdict
     details: list[str] = field(default_factory=list)
     upstream_edits: list[str] = field(default_factory=list)  # edits already upstream
     three_way: bool | None = None  # did the pin-made patch apply with git apply --3way
@@ -53,7 +50,7 @@ class CommitReport:
     commit: str
     date: str
     subject: str
-    verdicts: list[Verdict]
+    verdicts: list[SeriesVerdict]
 
     def data(self) -> dict:
         return {
@@ -64,22 +61,12 @@ class CommitReport:
         }
 
 
-def _conflict_lines(plan: engine.SeriesPlan) -> list[str]:
-    return [
-        f"{u.file}:{u.conflict.line or '?'} {u.id}: expected {u.conflict.expected}; found {u.conflict.found}"
-        for u in plan.conflicts
-    ]
-
-
 def git_reader(repo: Path, commit: str) -> engine.Reader:
     def read(path: str) -> str | None:
-        result = subprocess.run(
-            ["git", "show", f"{commit}:{path}"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-        )
-        return result.stdout if result.returncode == 0 else None
+        try:
+            return git(repo, "show", f"{commit}:{path}", strip=False)
+        except subprocess.CalledProcessError:
+            return None
 
     return read
 
@@ -141,14 +128,11 @@ def pin_patches(
 
 
 def _three_way(tree: AtomTree, patch: str) -> bool:
-    result = subprocess.run(
-        ["git", "apply", "--3way", "--whitespace=nowarn", "-"],
-        cwd=tree.path,
-        input=patch,
-        capture_output=True,
-        text=True,
-    )
-    return result.returncode == 0
+    try:
+        git(tree.path, "apply", "--3way", "--whitespace=nowarn", "-", input=patch)
+    except subprocess.CalledProcessError:
+        return False
+    return True
 
 
 def sweep_commit(
@@ -193,20 +177,21 @@ def sweep_commit(
             verdicts.append(dataclasses.replace(kept[series.number], culprit=None))
             continue
         plan = engine.plan_series(series, tree.read)
-        verdict = Verdict(series.number, series.name, "")
+        verdict = SeriesVerdict(series.number, series.name, Verdict.DRIFTED)
         verdict.upstream_edits = [
             u.id
             for u in plan.units
-            if u.state == engine.APPLIED and not u.id.startswith("overlay:")
+            if u.state == UnitState.APPLIED and not u.id.startswith("overlay:")
         ]
         if plan.conflicts:
-            verdict.verdict, verdict.details = "drifted", _conflict_lines(plan)
+            verdict.verdict = Verdict.DRIFTED
+            verdict.details = [conflict_text(series.number, u) for u in plan.conflicts]
         elif not plan.changes:
-            verdict.verdict = "already upstream"
+            verdict.verdict = Verdict.ALREADY_UPSTREAM
         else:
             engine.write(tree, plan, commit=False, total=len(all_series))
             found = verify.problems(tree.path, list(plan.changes), checks, before)
-            verdict.verdict = "verify-failed" if found else "applied+verified"
+            verdict.verdict = Verdict.VERIFY_FAILED if found else Verdict.VERIFIED
             verdict.details = found
         verdicts.append(verdict)
     if patches:
@@ -215,7 +200,7 @@ def sweep_commit(
 
 
 def _stack_three_way(
-    tree: AtomTree, verdicts: list[Verdict], patches: dict[int, str]
+    tree: AtomTree, verdicts: list[SeriesVerdict], patches: dict[int, str]
 ) -> None:
     """Re-apply the pin-made patches in order, as a rebase of the stack would: each
     one that applies is committed for the next; one that fails is rolled back."""
@@ -318,7 +303,7 @@ def sweep(
         (earlier, later, now)
         for earlier, later in itertools.pairwise(reports)
         for was, now in zip(earlier.verdicts, later.verdicts)
-        if now.verdict == "drifted" and was.verdict != "drifted"
+        if now.verdict == Verdict.DRIFTED and was.verdict != Verdict.DRIFTED
     ]
     for index, (earlier, later, now) in enumerate(drifts):
         progress(steps + index, steps + len(drifts), f"bisecting {now.name}")
@@ -334,7 +319,7 @@ def survival(reports: list[CommitReport]) -> list[dict]:
     rows = []
     for i, first in enumerate(reports[0].verdicts):
         column = [r.verdicts[i] for r in reports]
-        broke = next((k for k, v in enumerate(column) if v.verdict not in GOOD), None)
+        broke = next((k for k, v in enumerate(column) if not v.verdict.good), None)
         broke_3way = next(
             (k for k, v in enumerate(column) if v.three_way is False), None
         )
@@ -342,7 +327,7 @@ def survival(reports: list[CommitReport]) -> list[dict]:
             {
                 "series": first.series,
                 "name": first.name,
-                "good_samples": sum(v.verdict in GOOD for v in column),
+                "good_samples": sum(v.verdict.good for v in column),
                 "samples": len(column),
                 "survives_until": (
                     reports[(broke or len(reports)) - 1].commit if broke != 0 else None
@@ -367,7 +352,7 @@ def check_baseline(data, source: str) -> None:
     try:
         rows = data["commits"][-1]["series"]
         readable = bool(rows) and all(
-            isinstance(row["series"], int) and row["verdict"] in RANK for row in rows
+            isinstance(row["series"], int) and row["verdict"] in _WORDS for row in rows
         )
     except (KeyError, IndexError, TypeError):
         readable = False
@@ -385,5 +370,5 @@ def worse_than(reports: list[CommitReport], baseline: dict) -> list[str]:
     return [
         f"series {v.series} ({v.name}): {previous[v.series]} → {v.verdict}"
         for v in reports[-1].verdicts
-        if v.series in previous and RANK[v.verdict] > RANK[previous[v.series]]
+        if v.series in previous and v.verdict.rank > Verdict(previous[v.series]).rank
     ]

@@ -18,12 +18,16 @@ def git(
     check: bool = True,
     strip: bool = True,
     env: dict | None = None,
+    input: str | None = None,
 ) -> str:
+    """``git ARGS`` in ``cwd``: its output (stripped unless told), or
+    ``CalledProcessError`` carrying git's own text when ``check`` and it fails."""
     result = subprocess.run(
         ["git", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
+        input=input,
         env={**os.environ, **env} if env else None,
     )
     if check and result.returncode != 0:
@@ -47,6 +51,17 @@ def _project_name(pyproject: Path) -> str | None:
         return None
     name = project.get("name") if isinstance(project, dict) else None
     return str(name) if name is not None else None
+
+
+def identity(name: str, email: str, date: str | None = None) -> dict[str, str]:
+    """The environment that makes git author and commit as ``name <email>`` (at
+    ``date``, when given), whatever the machine's configuration."""
+    env = {}
+    for role in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{role}_NAME"], env[f"GIT_{role}_EMAIL"] = name, email
+        if date is not None:
+            env[f"GIT_{role}_DATE"] = date
+    return env
 
 
 def git_dir(tree: Path) -> Path:

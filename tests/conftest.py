@@ -18,16 +18,11 @@ import pytest
 
 from atom_ckfree import PIN, engine, upstream
 from atom_ckfree.series import load_all, select
-from atom_ckfree.workspace import AtomTree
+from atom_ckfree.workspace import AtomTree, identity
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "atom-ckfree tests",
-    "GIT_AUTHOR_EMAIL": "tests@atom-ckfree.invalid",
-    "GIT_COMMITTER_NAME": "atom-ckfree tests",
-    "GIT_COMMITTER_EMAIL": "tests@atom-ckfree.invalid",
-}
+GIT_IDENTITY = identity("atom-ckfree tests", "tests@atom-ckfree.invalid")
 
 NO_SOURCE = (
     "NO ATOM SOURCE: integration tests skipped. Seed the cache with "

@@ -1,9 +1,11 @@
 """Helpers shared by the tests: the command-line linters the test extra installs
-next to this interpreter, and loading a file that is not on the path as a module."""
+next to this interpreter, loading a file that is not on the path as a module, and
+loading a module of the overlay by its path."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +36,23 @@ def load_file(path: Path, name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+OVERLAY = Path(__file__).resolve().parents[1] / "overlay"
+
+
+def load_overlay(relpath: str, name: str, interpret: bool = True):
+    """``overlay/<relpath>`` as module ``name`` (once: cached in ``sys.modules``).
+    ``interpret`` decides whether its Triton kernels are built for the interpreter:
+    ``TRITON_INTERPRET`` is read when ``@triton.jit`` runs, i.e. while it loads."""
+    if name in sys.modules:
+        return sys.modules[name]
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        return load_file(OVERLAY / relpath, name)
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old

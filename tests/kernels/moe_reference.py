@@ -6,38 +6,22 @@ mathematical definition (dequantised weights, SiLU(gate) * up, weighted top-k su
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import pathlib
 import sys
 
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-MODULE_PATH = REPO / "overlay" / "atom" / "model_ops" / "triton_moe.py"
+if str(REPO) not in sys.path:  # benchmarks and build subprocesses import this file too
+    sys.path.insert(0, str(REPO))
+
+from tests.tools import load_overlay
 
 
 def load_triton_moe(name: str, interpret: bool):
-    """Load overlay/atom/model_ops/triton_moe.py by path as module ``name``.
-
-    ``interpret`` decides whether its kernels are built for the Triton interpreter
-    (TRITON_INTERPRET is read when ``@triton.jit`` runs, i.e. at load time).
-    """
-    if name in sys.modules:
-        return sys.modules[name]
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-    try:
-        spec = importlib.util.spec_from_file_location(name, MODULE_PATH)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
-    return mod
+    """overlay/atom/model_ops/triton_moe.py as module ``name``, its kernels built for
+    the Triton interpreter or not."""
+    return load_overlay("atom/model_ops/triton_moe.py", name, interpret)
 
 
 def dequant_weight(w, scale, block_shape=None):

@@ -9,19 +9,13 @@ import pytest
 
 from atom_ckfree import aiter_source, upstream
 from atom_ckfree.errors import UserError
+from atom_ckfree.workspace import identity
 
 
 def commit(repo, when: str, name: str) -> str:
     (repo / "aiter").mkdir(exist_ok=True)
     (repo / "aiter" / "version.py").write_text(f"NAME = {name!r}\n")
-    env = {
-        "GIT_AUTHOR_DATE": when,
-        "GIT_COMMITTER_DATE": when,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    env = identity("t", "t@t", when)
     git = ["git", "-C", str(repo)]
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", name], check=True, env=env)

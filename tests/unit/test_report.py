@@ -17,7 +17,8 @@ import pytest
 from atom_ckfree import PIN, export, report, upstream
 from atom_ckfree.cli import main
 from atom_ckfree.series import load_all, project_root
-from atom_ckfree.sweep import CommitReport, Verdict
+from atom_ckfree.states import Verdict
+from atom_ckfree.sweep import CommitReport, SeriesVerdict
 
 ROOT = Path(__file__).resolve().parents[2]
 ESCAPE = "\x1b"
@@ -38,9 +39,11 @@ LINT = (
 
 def sweep_reports() -> list[CommitReport]:
     verdicts = [
-        Verdict(3, "03-mla-ck-free", "drifted", [DRIFT, "a second problem"], ["x"]),
-        Verdict(6, "06-tests-ci", "drifted", [LINT], [], False),
-        Verdict(7, "07-nightly-sync", "applied+verified", [], [], True),
+        SeriesVerdict(
+            3, "03-mla-ck-free", Verdict.DRIFTED, [DRIFT, "a second problem"], ["x"]
+        ),
+        SeriesVerdict(6, "06-tests-ci", Verdict.DRIFTED, [LINT], [], False),
+        SeriesVerdict(7, "07-nightly-sync", Verdict.VERIFIED, [], [], True),
     ]
     return [CommitReport("f" * 40, "2026-08-22", "Fix dpa spec (#1987)", verdicts)]
 

@@ -58,7 +58,7 @@ def test_verdicts_culprit_and_three_way(project, atom, history):
     drift = reports[-1].verdicts[0]
     assert drift.culprit == renamed  # bisected between the samples docs and renamed
     assert (
-        "atom/engine.py:1 engine.default-mode" in drift.details[0]
+        "edit engine.default-mode, atom/engine.py:1:" in drift.details[0]
         and "advance" in drift.details[0]
     )
     assert [v.three_way for v in reports[0].verdicts] == [True, True]
