@@ -1,4 +1,3 @@
-"""atom-ckfree: the CK-free change set for ROCm/ATOM as ordered semantic patch series."""
-
-PIN = "87460d31c6d651fb89ef6fcc5bddaece165b7933"
-DEFAULT_UPSTREAM = "https://github.com/ROCm/ATOM.git"
+"""atom-ckfree: a change set carried onto a moving upstream as ordered semantic patch
+series. What the upstream is — URL, bases, how to recognise its tree — is in
+``patches/project.toml`` (see :mod:`atom_ckfree.project`)."""

@@ -14,13 +14,10 @@ import os
 import tarfile
 from pathlib import Path
 
-from . import upstream
+from . import project, upstream
 from .workspace import git
 
 ENV = "ATOM_CKFREE_AITER"
-AITER_UPSTREAM = "https://github.com/ROCm/aiter.git"
-# The committer date of the ATOM pin (87460d31, "enable mtp=3 (#228)").
-PIN_DATE = "2026-02-24T11:07:47+08:00"
 EXTRACT_ROOT = Path(__file__).resolve().parents[1] / ".aiter"
 
 
@@ -35,7 +32,7 @@ def aiter_git() -> tuple[Path | None, str]:
         return repo, str(repo)
     return None, (
         f"no AITER source: set {ENV} to AITER's git (a clone, bare directory or "
-        f"URL such as {AITER_UPSTREAM}) or seed {repo} with it"
+        f"URL such as {project.current().companions['aiter']}) or seed {repo} with it"
     )
 
 
@@ -46,7 +43,7 @@ def pinned_commit(repo: Path) -> str | None:
         "log",
         "--first-parent",
         "main",
-        f"--before={PIN_DATE}",
+        f"--before={project.current().pin_date}",
         "-1",
         "--format=%H",
         check=False,

@@ -16,10 +16,9 @@ from pathlib import Path
 from rich.markup import escape
 
 from . import (
-    DEFAULT_UPSTREAM,
-    PIN,
     engine,
     export,
+    project,
     regen,
     report,
     sweep,
@@ -30,15 +29,16 @@ from . import (
 from .errors import CkfreeError, DriftError, FaultError, UserError
 from .series import load_all, select
 from .states import Outcome, SeriesState
-from .workspace import AtomTree
+from .workspace import WorkTree
 
 
-def _warn_if_not_pin(tree: AtomTree) -> str:
+def _warn_if_not_pin(tree: WorkTree) -> str:
     head = tree.head()
     # the pin with the tool's own series commits on top (apply --commit) is the pin
-    if head != PIN and export.below_series_commits(tree.path, head)[0] != PIN:
+    pin = project.current().pin
+    if head != pin and export.below_series_commits(tree.path, head)[0] != pin:
         report.warn(
-            f"{tree.path} is at {head[:12]}, not the pin {PIN[:12]}; "
+            f"{tree.path} is at {head[:12]}, not the pin {pin[:12]}; "
             "the series were written against the pin and may conflict"
         )
     return head
@@ -54,7 +54,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_status(args) -> int:
-    tree = AtomTree(args.atom)
+    tree = WorkTree(args.atom)
     engine.recover(tree, report.warn, busy_ok=True)
     head = _warn_if_not_pin(tree)
     with report.progress("status") as step:
@@ -64,7 +64,7 @@ def cmd_status(args) -> int:
             {
                 "atom": str(tree.path),
                 "head": head,
-                "at_pin": head == PIN,
+                "at_pin": head == project.current().pin,
                 "series": [report.plan_data(p) for p in plans],
             }
         )
@@ -74,7 +74,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    tree = AtomTree(args.atom)
+    tree = WorkTree(args.atom)
     engine.recover(tree, report.warn)
     head = _warn_if_not_pin(tree)
     all_series = load_all()
@@ -94,7 +94,7 @@ def cmd_apply(args) -> int:
         data = {
             "atom": str(tree.path),
             "head": head,
-            "at_pin": head == PIN,
+            "at_pin": head == project.current().pin,
             "dry_run": args.dry_run,
         }
         data["series"] = [report.result_data(r) for r in results]
@@ -117,18 +117,19 @@ def cmd_checkout(args) -> int:
             {
                 "dest": str(Path(args.dest).resolve()),
                 "commit": sha,
-                "branch": upstream.CHECKOUT_BRANCH,
+                "branch": project.current().checkout_branch,
             }
         )
     else:
         report.console.print(
-            f"ATOM {sha[:12]} checked out in {args.dest} (branch {upstream.CHECKOUT_BRANCH})"
+            f"{project.current().name} {sha[:12]} checked out in {args.dest} "
+            f"(branch {project.current().checkout_branch})"
         )
     return 0
 
 
 def cmd_export(args) -> int:
-    tree = AtomTree(args.atom)
+    tree = WorkTree(args.atom)
     all_series = load_all()
     name, _, email = args.author.partition("<")
     with (
@@ -215,7 +216,7 @@ def cmd_sweep(args) -> int:
     repo = upstream.cache_repo()
     if not args.offline:
         upstream.update_cache(
-            args.upstream or DEFAULT_UPSTREAM, required=args.upstream is not None
+            args.upstream or project.current().url, required=args.upstream is not None
         )
     if args.range:
         start, _, end = args.range.partition("..")
@@ -240,7 +241,7 @@ def cmd_sweep(args) -> int:
             commits,
             load_all(),
             checks,
-            pin=None if args.no_3way else PIN,
+            pin=None if args.no_3way else project.current().pin,
             progress=step,
         )
     rows = sweep.survival(reports) if args.range else None
@@ -356,15 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="a new or empty directory")
     p.add_argument(
         "--upstream",
-        help=f"URL or local git directory of ATOM (default: the cache, else {DEFAULT_UPSTREAM})",
+        help="URL or local git directory of the upstream (default: the cache, else "
+        "the manifest's URL)",
     )
-    p.add_argument(
-        "--ref", default=PIN, help="commit, branch or tag (default: the pin)"
-    )
+    p.add_argument("--ref", help="commit, branch or tag (default: the pin)")
     p = verb(
         "export",
         cmd_export,
-        "build the stacked PR branches ck-free/NN-slug, PR bodies and patches",
+        "build the stacked PR branches (PREFIX/NN-slug), PR bodies and patches",
     )
     p.add_argument(
         "--atom",
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--upstream",
-        help=f"URL or git directory to fetch first (default {DEFAULT_UPSTREAM})",
+        help="URL or git directory to fetch first (default: the manifest's URL)",
     )
     p.add_argument(
         "--offline", action="store_true", help="use the cache as it is; fetch nothing"

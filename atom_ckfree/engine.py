@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import journal, treelock
+from . import journal, project, treelock
 from .edits import FORMATS, Conflict
 from .errors import FaultError, UserError
 from .series import Series
 from .states import Outcome, SeriesState, UnitState
-from .workspace import AtomTree
+from .workspace import WorkTree
 
 
 @dataclass
@@ -157,7 +157,7 @@ Step = Callable[[int, int, str], None]
 
 
 def status(
-    tree: AtomTree,
+    tree: WorkTree,
     all_series: list[Series],
     progress: Step = lambda done, total, now: None,
 ) -> list[SeriesPlan]:
@@ -172,7 +172,7 @@ class _Plans(dict):
     """Series number → its plan on the tree as it is, made on first use (planning a
     series parses its files: only the series a run needs are planned)."""
 
-    def __init__(self, tree: AtomTree, all_series: list[Series]):
+    def __init__(self, tree: WorkTree, all_series: list[Series]):
         super().__init__()
         self.tree = tree
         self.by_number = {s.number: s for s in all_series}
@@ -183,7 +183,7 @@ class _Plans(dict):
 
 
 def recover(
-    tree: AtomTree, notice: Callable[[str], None], *, busy_ok: bool = False
+    tree: WorkTree, notice: Callable[[str], None], *, busy_ok: bool = False
 ) -> None:
     """Undo the series that a run which died (killed, power cut) left half-written,
     as its journal recorded it. With ``busy_ok`` (status), a run that is writing the
@@ -199,7 +199,7 @@ def recover(
         notice(f"{busy.what}; it is writing the tree, so what follows may change")
 
 
-def _recover_held(tree: AtomTree, notice: Callable[[str], None]) -> None:
+def _recover_held(tree: WorkTree, notice: Callable[[str], None]) -> None:
     try:
         undone = journal.roll_back(tree.path)
     except OSError as error:
@@ -225,7 +225,7 @@ def _kept(undone: journal.Undone | None) -> str:
 
 
 def apply(
-    tree: AtomTree,
+    tree: WorkTree,
     selected: list[Series],
     all_series: list[Series],
     *,
@@ -245,7 +245,7 @@ def apply(
 
 
 def _apply(
-    tree: AtomTree,
+    tree: WorkTree,
     selected: list[Series],
     all_series: list[Series],
     dry_run: bool,
@@ -322,7 +322,7 @@ def _needed(chosen: set[int], current: dict[int, SeriesPlan]) -> list[int]:
     return sorted(needed)
 
 
-def _check_clean(tree: AtomTree, current: _Plans) -> None:
+def _check_clean(tree: WorkTree, current: _Plans) -> None:
     changed = tree.changed_paths()
     ours = {
         f
@@ -342,7 +342,7 @@ def _check_clean(tree: AtomTree, current: _Plans) -> None:
         )
 
 
-def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | None:
+def write(tree: WorkTree, plan: SeriesPlan, commit: bool, total: int) -> str | None:
     """Write (and commit) one series completely or not at all: the journal records the
     tree first; on any failure, Ctrl-C included, it is put back exactly as it was."""
     series = plan.series
@@ -373,7 +373,8 @@ def write(tree: AtomTree, plan: SeriesPlan, commit: bool, total: int) -> str | N
         sha = None
         if commit:
             where = None
-            message = f"[CK-free {series.number}/{total}] {series.title}\n\n{series.description}\n"
+            title = project.current().title(series.number, total, series.title)
+            message = f"{title}\n\n{series.description}\n"
             sha = tree.commit(sorted(changes), message)
             _fault("commit")
         record.close()
@@ -408,7 +409,7 @@ _FIX = {
 
 
 def _cause(
-    error: BaseException, what: str, where: Path | None, tree: AtomTree
+    error: BaseException, what: str, where: Path | None, tree: WorkTree
 ) -> tuple[str, str, str] | None:
     """What failed while writing, what to do, git's text; None for a bug."""
     if isinstance(error, KeyboardInterrupt):

@@ -1,6 +1,6 @@
 """The series as stacked upstream pull requests: one branch and one commit each.
 
-Branch ``ck-free/NN-slug`` starts from the branch of the series' highest dependency
+Branch ``PREFIX/NN-slug`` (the manifest's export prefix) starts from the branch of the series' highest dependency
 (or from the base) and adds whatever other dependencies that branch lacks, then the
 series itself. Branches are built in a temporary git worktree, so the user's checkout
 is never touched. Commits carry a fixed identity and the base commit's date, so the
@@ -11,6 +11,7 @@ and a changed series moves exactly its own branch and those stacked on it.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,17 +19,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import PIN, engine
+from . import engine, project
 from .errors import FaultError, UserError
 from .series import Series
 from .states import DONE, Outcome
-from .workspace import AtomTree, git, identity
-
-BRANCH_PREFIX = "ck-free/"
+from .workspace import WorkTree, git, identity
 
 
 def branch_name(series: Series) -> str:
-    return f"{BRANCH_PREFIX}{series.name}"
+    return f"{project.current().export_prefix}{series.name}"
 
 
 @dataclass
@@ -55,9 +54,7 @@ def closure(series: Series, by_number: dict[int, Series]) -> list[Series]:
     return [by_number[n] for n in sorted(needed)]
 
 
-# how the tests named in a series' [tests] are run: ATOM's GPU-free selection, as
-# verify.failing_tests runs it, in the patched ATOM tree; atom-ckfree's in its checkout
-ATOM_TESTS_COMMAND = 'python -m pytest -q -m "not gpu"'
+# how atom-ckfree's own tests named in a series' [tests] run, in its checkout
 CKFREE_TESTS_COMMAND = "python -m pytest -q"
 
 
@@ -71,9 +68,7 @@ def pr_body(
     lines = [f"# {series.title}", "", series.description, ""]
     if series.depends_on:
         lines += ["## Depends on", ""]
-        lines += [
-            f"- `{BRANCH_PREFIX}{d:02d}-…` (series {d})" for d in series.depends_on
-        ]
+        lines += [f"- `{_placeholder(d)}` (series {d})" for d in series.depends_on]
         lines.append("")
     if extra:
         lines.append(
@@ -87,7 +82,13 @@ def pr_body(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _placeholder(number: int) -> str:
+    """A series' branch in a PR body before the stack's names are known."""
+    return f"{project.current().export_prefix}{number:02d}-…"
+
+
 def _tests_section(series: Series, all_series: list[Series]) -> list[str]:
+    upstream = project.current()
     lines = ["## Tests", ""]
     if series.atom_tests:
         adders = {path: s for s in all_series for path in s.overlay}
@@ -99,21 +100,21 @@ def _tests_section(series: Series, all_series: list[Series]) -> list[str]:
                 where = "changed here"
             elif test in adders:
                 later.append(adders[test].number)
-                where = f"new in `{BRANCH_PREFIX}{adders[test].number:02d}-…`"
+                where = f"new in `{_placeholder(adders[test].number)}`"
             else:
-                where = "ATOM's own"
+                where = f"{upstream.name}'s own"
             lines.append(f"- `{test}` ({where})")
         on = (
-            f" with `{BRANCH_PREFIX}{max(later):02d}-…` checked out (it adds the new ones)"
+            f" with `{_placeholder(max(later))}` checked out (it adds the new ones)"
             if later
             else ""
         )
         lines += [
             "",
-            f"Run on a CPU, in ATOM{on}:",
+            f"Run on a CPU, in {upstream.name}{on}:",
             "",
             "```sh",
-            f"{ATOM_TESTS_COMMAND} {' '.join(series.atom_tests)}",
+            shlex.join(["python", "-m", *upstream.test_command, *series.atom_tests]),
             "```",
             "",
         ]
@@ -121,7 +122,7 @@ def _tests_section(series: Series, all_series: list[Series]) -> list[str]:
         lines += [
             (
                 "Tests in atom-ckfree, which keeps this change set as patch series "
-                f"against ATOM `{PIN[:12]}`:"
+                f"against {upstream.name} `{upstream.pin[:12]}`:"
             ),
             "",
         ]
@@ -142,9 +143,7 @@ def _tests_section(series: Series, all_series: list[Series]) -> list[str]:
 
 def _resolve_placeholders(text: str, by_number: dict[int, Series]) -> str:
     for number, series in by_number.items():
-        text = text.replace(
-            f"`{BRANCH_PREFIX}{number:02d}-…`", f"`{branch_name(series)}`"
-        )
+        text = text.replace(f"`{_placeholder(number)}`", f"`{branch_name(series)}`")
     return text
 
 
@@ -167,7 +166,7 @@ def below_series_commits(path: Path, rev: str) -> tuple[str, int]:
 
 
 def export(
-    tree: AtomTree,
+    tree: WorkTree,
     selected: list[Series],
     all_series: list[Series],
     out: Path,
@@ -273,7 +272,7 @@ def _build_stack(
         for index, series in enumerate(selected):
             progress(index, steps, branch_name(series))
             exported[series.number] = _build(
-                AtomTree(work, commit_env),
+                WorkTree(work, commit_env),
                 series,
                 all_series,
                 by_number,
@@ -289,7 +288,7 @@ def _build_stack(
     return exported
 
 
-def _check_remote(tree: AtomTree, remote: str) -> None:
+def _check_remote(tree: WorkTree, remote: str) -> None:
     try:
         git(tree.path, "ls-remote", "-q", "--heads", remote)
     except subprocess.CalledProcessError as error:
@@ -300,7 +299,7 @@ def _check_remote(tree: AtomTree, remote: str) -> None:
         ) from error
 
 
-def _push(tree: AtomTree, remote: str, stack: list[ExportedSeries]) -> None:
+def _push(tree: WorkTree, remote: str, stack: list[ExportedSeries]) -> None:
     # --atomic: the remote takes every branch or none, so a failure leaves it as it was
     refs = [f"{e.branch}:refs/heads/{e.branch}" for e in stack]
     try:
@@ -315,7 +314,7 @@ def _push(tree: AtomTree, remote: str, stack: list[ExportedSeries]) -> None:
 
 
 def _restore_branches(
-    tree: AtomTree, before: dict[str, str | None], cause: BaseException
+    tree: WorkTree, before: dict[str, str | None], cause: BaseException
 ) -> None:
     """Put every export branch back where it was before this run (deleting the new);
     what cannot be put back is named with the command that does it."""

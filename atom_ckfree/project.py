@@ -5,6 +5,8 @@ from here."""
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import ParseError
 
-from .errors import SeriesError
+from .errors import SeriesError, UserError
 
 MANIFEST = "project.toml"
 
@@ -21,15 +23,16 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "upstream": {"name": str, "url": str, "branch": str},
     "tree": {"package": str, "markers": list},
     "branches": {"checkout": str, "export_prefix": str, "commit_title": str},
-    "tests": {"command": list},
+    "tests": {"command": list, "paths": list},
 }
-_BASE = {"name": str, "commit": str, "note": str}
+_BASE = {"name": str, "commit": str, "date": str, "note": str}
 
 
 @dataclass(frozen=True)
 class Base:
     name: str
     commit: str
+    date: str  # the commit's committer date (ISO 8601)
     note: str
 
 
@@ -45,11 +48,17 @@ class Project:
     export_prefix: str
     commit_title: str
     test_command: tuple[str, ...]
+    test_paths: tuple[str, ...]
+    companions: dict[str, str]
 
     @property
     def pin(self) -> str:
         """The default base's commit."""
         return self.bases[0].commit
+
+    @property
+    def pin_date(self) -> str:
+        return self.bases[0].date
 
     def base(self, name: str) -> Base | None:
         return next((b for b in self.bases if b.name == name), None)
@@ -95,7 +104,7 @@ def load(patches: Path) -> Project:
         )
     except ParseError as error:
         raise SeriesError(f"{path}:{error.line}: {error}") from error
-    extra = sorted(set(data) - set(_SCHEMA) - {"bases"})
+    extra = sorted(set(data) - set(_SCHEMA) - {"bases", "companions"})
     if extra:
         raise SeriesError(f"{path}: unknown sections {extra}")
     sections = {
@@ -119,4 +128,42 @@ def load(patches: Path) -> Project:
         export_prefix=sections["branches"]["export_prefix"],
         commit_title=sections["branches"]["commit_title"],
         test_command=tuple(sections["tests"]["command"]),
+        test_paths=tuple(sections["tests"]["paths"]),
+        companions=_companions(data.get("companions", {}), path),
     )
+
+
+def _companions(table: Any, path: Path) -> dict[str, str]:
+    if not isinstance(table, dict) or not all(
+        isinstance(url, str) for url in table.values()
+    ):
+        raise SeriesError(f"{path}: [companions] maps names to URLs (strings)")
+    return dict(table)
+
+
+def project_root() -> Path:
+    """Where ``patches/`` and ``overlay/`` live: ``$ATOM_CKFREE_ROOT`` or this checkout."""
+    root = Path(os.environ.get("ATOM_CKFREE_ROOT", Path(__file__).resolve().parents[1]))
+    if not (root / "patches").is_dir():
+        raise UserError(
+            f"no patches/ folder in {root}",
+            "install atom-ckfree from its checkout (pip install -e .) or set "
+            "ATOM_CKFREE_ROOT",
+        )
+    return root
+
+
+def current() -> Project:
+    """The manifest of the project in use (``project_root()``), read again only when
+    the file changed."""
+    patches = project_root() / "patches"
+    try:
+        stat = (patches / MANIFEST).stat()
+    except OSError:
+        return load(patches)  # which says what is wrong with it
+    return _loaded(patches, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded(patches: Path, mtime_ns: int, size: int) -> Project:
+    return load(patches)

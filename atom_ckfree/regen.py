@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import PIN, upstream
+from . import project, upstream
 from .engine import plan_series
 from .errors import DriftError, UserError
 from .report import conflict_text
@@ -41,13 +41,14 @@ class Expected:
         return self.diff == self.committed
 
 
-def pin_reader(repo: Path | None = None, commit: str = PIN):
+def pin_reader(repo: Path | None = None, commit: str | None = None):
     """``read(path)`` → the file's text at ``commit`` in the upstream cache, or None."""
     repo = repo or upstream.cache_repo()
+    commit = commit or project.current().pin
     if upstream.resolve(commit, repo) is None:
         raise UserError(
             f"the pin {commit[:12]} is not in the upstream cache {repo}",
-            "seed it: apply-patches checkout --upstream <ATOM URL or git dir> DEST",
+            "seed it: apply-patches checkout --upstream <URL or git dir> DEST",
         )
     paths = set(git(repo, "ls-tree", "-r", "--name-only", commit).splitlines())
 

@@ -11,7 +11,6 @@ test files that apply it and check it (the PR body lists both).
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import traceback
 from dataclasses import dataclass
@@ -23,17 +22,7 @@ import tomlkit.exceptions
 
 from .edits import FORMATS, Edit
 from .errors import SeriesError, UserError
-
-
-def project_root() -> Path:
-    """Where ``patches/`` and ``overlay/`` live: ``$ATOM_CKFREE_ROOT`` or this checkout."""
-    root = Path(os.environ.get("ATOM_CKFREE_ROOT", Path(__file__).resolve().parents[1]))
-    if not (root / "patches").is_dir():
-        raise UserError(
-            f"no patches/ folder in {root}",
-            "install atom-ckfree from its checkout (pip install -e .) or set ATOM_CKFREE_ROOT",
-        )
-    return root
+from .project import project_root
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .errors import UserError
 from .report import conflict_text
 from .series import Series
 from .states import UnitState, Verdict
-from .workspace import AtomTree, git, identity
+from .workspace import WorkTree, git, identity
 
 _WORDS = {v.value for v in Verdict}
 
@@ -80,14 +80,14 @@ class Scratch:
         self.path = self.folder / "atom"
         self._added = False
 
-    def at(self, commit: str) -> AtomTree:
+    def at(self, commit: str) -> WorkTree:
         if not self._added:
             git(self.repo, "worktree", "add", "-q", "--detach", str(self.path), commit)
             self._added = True
         else:
             git(self.path, "checkout", "-q", "-f", "--detach", commit)
             git(self.path, "clean", "-q", "-fdx")
-        return AtomTree(self.path)
+        return WorkTree(self.path)
 
     def close(self) -> None:
         if self._added:
@@ -127,7 +127,7 @@ def pin_patches(
     return patches
 
 
-def _three_way(tree: AtomTree, patch: str) -> bool:
+def _three_way(tree: WorkTree, patch: str) -> bool:
     try:
         git(tree.path, "apply", "--3way", "--whitespace=nowarn", "-", input=patch)
     except subprocess.CalledProcessError:
@@ -200,7 +200,7 @@ def sweep_commit(
 
 
 def _stack_three_way(
-    tree: AtomTree, verdicts: list[SeriesVerdict], patches: dict[int, str]
+    tree: WorkTree, verdicts: list[SeriesVerdict], patches: dict[int, str]
 ) -> None:
     """Re-apply the pin-made patches in order, as a rebase of the stack would: each
     one that applies is committed for the next; one that fails is rolled back."""

@@ -15,11 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import DEFAULT_UPSTREAM, PIN
+from . import project
 from .errors import FaultError, UserError
 from .workspace import git
-
-CHECKOUT_BRANCH = "ck-free-base"
 
 
 def cache_repo(name: str = "atom") -> Path:
@@ -66,7 +64,7 @@ def _location(upstream: str) -> str:
 
 
 def update_cache(
-    upstream: str = DEFAULT_UPSTREAM,
+    upstream: str,
     branch: str = "main",
     required: bool = False,
     name: str = "atom",
@@ -120,9 +118,12 @@ def resolve(ref: str, repo: Path | None = None) -> str | None:
     return sha or None
 
 
-def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
-    """A clean ATOM work tree at ``ref`` in ``dest`` (new or empty), on branch
-    ``ck-free-base``; on any failure ``dest`` is left as it was."""
+def checkout(dest: Path, upstream: str | None = None, ref: str | None = None) -> str:
+    """A clean work tree of the upstream at ``ref`` (default: the pin) in ``dest``
+    (new or empty), on the manifest's checkout branch; on any failure ``dest`` is left
+    as it was."""
+    manifest = project.current()
+    ref = ref or manifest.pin
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise UserError(
@@ -136,9 +137,9 @@ def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
     pinned = re.fullmatch(r"[0-9a-f]{40}", ref) is not None
     if upstream is not None or not pinned or resolve(ref) is None:
         # main and the tags first: a tag, or a commit of main's history, resolves then
-        update_cache(upstream or DEFAULT_UPSTREAM, required=upstream is not None)
+        update_cache(upstream or manifest.url, required=upstream is not None)
         if not pinned and resolve(ref) is None:  # then it must be another branch
-            update_cache(upstream or DEFAULT_UPSTREAM, ref, required=True)
+            update_cache(upstream or manifest.url, ref, required=True)
     sha = resolve(ref)
     if sha is None:
         raise UserError(
@@ -148,10 +149,8 @@ def checkout(dest: Path, upstream: str | None = None, ref: str = PIN) -> str:
     created = not dest.exists()
     try:
         git(Path.cwd(), "clone", "-q", "--no-checkout", str(cache_repo()), str(dest))
-        git(dest, "checkout", "-q", "-B", CHECKOUT_BRANCH, sha)
-        git(
-            dest, "remote", "set-url", "origin", _location(upstream or DEFAULT_UPSTREAM)
-        )
+        git(dest, "checkout", "-q", "-B", manifest.checkout_branch, sha)
+        git(dest, "remote", "set-url", "origin", _location(upstream or manifest.url))
     except BaseException as error:
         if created:
             shutil.rmtree(dest, ignore_errors=True)

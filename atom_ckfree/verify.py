@@ -11,6 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import project
+from .errors import FaultError
+
 CHECKS = ("compile", "lint", "style", "tests")
 
 
@@ -79,7 +82,9 @@ def lint_findings(tree: Path, files: list[str]) -> Counter:
         text=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"ruff failed: {result.stderr.strip()}")
+        raise FaultError(
+            f"ruff failed on {tree}", "check the ruff installation", result.stderr
+        )
     return Counter(
         (
             (tree / f["filename"]).resolve().relative_to(tree.resolve()).as_posix(),
@@ -107,19 +112,18 @@ def black_unclean(tree: Path, files: list[str]) -> set[str]:
 
 
 def failing_tests(tree: Path) -> set[str]:
-    """Node ids that fail or error in ATOM's CPU suite (``tests/``, ``-m 'not gpu'``)."""
+    """Node ids that fail or error in the project's CPU suite, run as the manifest
+    says (``[tests]``)."""
+    upstream = project.current()
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "pytest",
-            "tests",
-            "-q",
+            *upstream.test_command,
             "-p",
             "no:cacheprovider",
             "-rfE",
-            "-m",
-            "not gpu",
+            *upstream.test_paths,
         ],
         cwd=tree,
         capture_output=True,

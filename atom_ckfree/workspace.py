@@ -1,4 +1,5 @@
-"""An ATOM work tree: recognising one, and the few git operations the tool needs."""
+"""A work tree of the upstream project: recognising one (by the manifest's package name
+and marker paths), and the few git operations the tool needs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import tomlkit
 import tomlkit.exceptions
 
+from . import project
 from .errors import UserError
 
 
@@ -37,12 +39,6 @@ def git(
     return result.stdout.strip() if strip else result.stdout
 
 
-# What makes a tree ATOM's, by content: the [project] name in its pyproject.toml, and
-# paths of ATOM's package that every ATOM commit the series target has.
-ATOM_PROJECT = "atom"
-ATOM_PATHS = ("pyproject.toml", "atom/__init__.py", "atom/model_engine")
-
-
 def _project_name(pyproject: Path) -> str | None:
     """``[project] name`` of a pyproject.toml; None when it has none or is unreadable."""
     try:
@@ -69,45 +65,46 @@ def git_dir(tree: Path) -> Path:
     return Path(git(tree, "rev-parse", "--absolute-git-dir"))
 
 
-class AtomTree:
-    """A git work tree whose top holds ATOM (project ``atom``, its known modules)."""
+class WorkTree:
+    """A git work tree whose top holds the upstream project, recognised by content:
+    the ``[project] name`` of its pyproject.toml and the manifest's marker paths."""
 
     def __init__(self, path: Path | str, commit_env: dict | None = None):
         self.path = Path(path).resolve()
         self.commit_env = commit_env  # e.g. a fixed identity and date for exports
+        upstream = project.current()
+        what = f"{upstream.name} source tree"
         fix = (
-            "point --atom at a clone of github.com/ROCm/ATOM, or make one with "
+            f"point --atom at a clone of {upstream.url}, or make one with "
             "`apply-patches checkout DEST`"
         )
         if not self.path.exists():
             raise UserError(f"{path}: no such directory", fix)
         if not self.path.is_dir():
             raise UserError(f"{path}: not a directory", fix)
-        missing = [m for m in ATOM_PATHS if not (self.path / m).exists()]
+        markers = ("pyproject.toml", *upstream.markers)
+        missing = [m for m in markers if not (self.path / m).exists()]
         if missing:
-            raise UserError(
-                f"{path} is not an ATOM source tree (no {', '.join(missing)})", fix
-            )
+            raise UserError(f"{path} is not an {what} (no {', '.join(missing)})", fix)
         name = _project_name(self.path / "pyproject.toml")
-        if name != ATOM_PROJECT:
+        if name != upstream.package:
             found = (
-                f"names project {name!r}, not {ATOM_PROJECT!r}"
+                f"names project {name!r}, not {upstream.package!r}"
                 if name
                 else "has no [project] name"
             )
-            raise UserError(
-                f"{path} is not an ATOM source tree: its pyproject.toml {found}", fix
-            )
+            raise UserError(f"{path} is not an {what}: its pyproject.toml {found}", fix)
         top = git(self.path, "rev-parse", "--show-toplevel", check=False)
         if not top or Path(top).resolve() != self.path:
             raise UserError(
                 f"{path} is not the top of a git work tree",
-                "use a git clone of ATOM (the tool needs git for status and commits)",
+                f"use a git clone of {upstream.name} (the tool needs git for status "
+                "and commits)",
             )
         if not git(self.path, "rev-parse", "--verify", "-q", "HEAD", check=False):
             raise UserError(
                 f"{path} has no commit yet",
-                "check out an ATOM commit first (git checkout, or "
+                f"check out a {upstream.name} commit first (git checkout, or "
                 "`apply-patches checkout DEST`)",
             )
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from atom_ckfree import PIN, engine, upstream
+from atom_ckfree import engine, upstream
 from atom_ckfree.series import load_all, select
-from atom_ckfree.workspace import AtomTree, identity
+from atom_ckfree.workspace import WorkTree, identity
+from tests.tools import PIN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,7 @@ def pin_template(tmp_path_factory, atom_source) -> Path:
 def _apply(tree: Path, series: str, commit: bool) -> None:
     all_series = load_all()
     results = engine.apply(
-        AtomTree(tree), select(series, all_series), all_series, commit=commit
+        WorkTree(tree), select(series, all_series), all_series, commit=commit
     )
     bad = [r for r in results if r.outcome not in ("applied", "already applied")]
     assert not bad, [(r.series.name, r.outcome) for r in bad]

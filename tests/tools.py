@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from atom_ckfree import project
+
 
 def tool(name: str) -> str:
     path = Path(sys.executable).parent / name
@@ -39,6 +41,8 @@ def load_file(path: Path, name: str):
 
 
 OVERLAY = Path(__file__).resolve().parents[1] / "overlay"
+# the upstream commit the series are written against (patches/project.toml)
+PIN = project.load(OVERLAY.parent / "patches").pin
 
 
 def load_overlay(relpath: str, name: str, interpret: bool = True):

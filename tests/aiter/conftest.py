@@ -21,6 +21,7 @@ import types
 import pytest
 
 from atom_ckfree import aiter_source as aiter_source_module
+from atom_ckfree import project
 
 # The kernels run under the Triton interpreter (unless told otherwise, as on a GPU); it
 # must be on while they are built (at import) and while they run.
@@ -39,7 +40,7 @@ def aiter_source() -> pathlib.Path:
     if commit is None:
         pytest.skip(
             f"NO AITER SOURCE: {where} has no main commit before "
-            f"{aiter_source_module.PIN_DATE}"
+            f"{project.current().pin_date}"
         )
     return aiter_source_module.extract(repo, commit)
 

@@ -149,7 +149,7 @@ def trees(tmp_path_factory, pin_template):
 
     from atom_ckfree import engine
     from atom_ckfree.series import load_all, select
-    from atom_ckfree.workspace import AtomTree
+    from atom_ckfree.workspace import WorkTree
 
     base = tmp_path_factory.mktemp("moe-differential")
     pin = base / "pin"
@@ -157,7 +157,7 @@ def trees(tmp_path_factory, pin_template):
     shutil.copytree(pin_template, pin, symlinks=True)
     shutil.copytree(pin_template, patched, symlinks=True)
     everything = load_all()
-    results = engine.apply(AtomTree(patched), select("1,2,4", everything), everything)
+    results = engine.apply(WorkTree(patched), select("1,2,4", everything), everything)
     assert all(r.outcome == "applied" for r in results), [
         (r.series.name, r.outcome) for r in results
     ]

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from atom_ckfree import PIN, cli, engine, upstream
+from atom_ckfree import cli, engine, upstream
 from atom_ckfree.series import load_all, select
+from tests.tools import PIN
 
 from .conftest import ROOT, run_cli, tree_state
 

@@ -25,7 +25,7 @@ import pytest
 from atom_ckfree import engine, journal
 from atom_ckfree.errors import FaultError
 from atom_ckfree.series import load_all, select
-from atom_ckfree.workspace import AtomTree
+from atom_ckfree.workspace import WorkTree
 
 from .conftest import Run, run_cli, tree_state
 
@@ -414,7 +414,7 @@ def test_a_second_apply_refuses_while_the_first_runs(
         # status first does this (in-process here: the verb plans all seven series):
         # it reports the running apply, and leaves its journal alone
         said: list[str] = []
-        engine.recover(AtomTree(tree), said.append, busy_ok=True)
+        engine.recover(WorkTree(tree), said.append, busy_ok=True)
         assert len(said) == 1 and "is writing the tree" in said[0]
         assert (tree / ".git" / "ckfree-journal" / "journal.json").exists()
     finally:
@@ -501,7 +501,7 @@ def test_status_ignores_a_lock_without_a_journal(make_atom_tree):
     )
     before = tree_state(tree)
     said: list[str] = []
-    engine.recover(AtomTree(tree), said.append, busy_ok=True)
+    engine.recover(WorkTree(tree), said.append, busy_ok=True)
     assert not said and tree_state(tree) == before
 
 
@@ -517,5 +517,5 @@ def test_temps_beside_their_files_when_the_git_dir_is_on_another_disk(
     monkeypatch.setattr(engine, "_fault_counts", {})
     all_series = load_all()
     with pytest.raises(FaultError, match="writing docker/Dockerfile.wheels failed"):
-        engine.apply(AtomTree(tree), select("5", all_series), all_series)
+        engine.apply(WorkTree(tree), select("5", all_series), all_series)
     assert tree_state(tree) == before

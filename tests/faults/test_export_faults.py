@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from atom_ckfree import PIN
+from tests.tools import PIN
 
 from .conftest import run_cli, tree_state
 

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from atom_ckfree import PIN
 from atom_ckfree.cli import main
 from atom_ckfree.series import project_root
+from tests.tools import PIN
 
 pytestmark = pytest.mark.integration
 

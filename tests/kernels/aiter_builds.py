@@ -58,7 +58,7 @@ def aiter_package() -> tuple[pathlib.Path | None, str]:
     """(AITER's package directory at the pinned commit, a description), or
     (None, why not)."""
     sys.path.insert(0, str(ROOT))
-    from atom_ckfree import aiter_source
+    from atom_ckfree import aiter_source, project
     from atom_ckfree.errors import CkfreeError
 
     try:
@@ -69,7 +69,7 @@ def aiter_package() -> tuple[pathlib.Path | None, str]:
         return None, where
     commit = aiter_source.pinned_commit(repo)
     if commit is None:
-        return None, f"{where} has no main commit before {aiter_source.PIN_DATE}"
+        return None, f"{where} has no main commit before {project.current().pin_date}"
     return aiter_source.extract(repo, commit), f"AITER {commit[:12]} from {where}"
 
 

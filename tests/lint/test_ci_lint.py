@@ -107,11 +107,11 @@ def test_golden_script_exit_codes(golden_env):
 def test_reapplying_every_series_is_a_no_op(patched_tree):
     from atom_ckfree import engine
     from atom_ckfree.series import load_all, select
-    from atom_ckfree.workspace import AtomTree
+    from atom_ckfree.workspace import WorkTree
 
     all_series = load_all()
     results = engine.apply(
-        AtomTree(patched_tree), select("all", all_series), all_series, allow_dirty=True
+        WorkTree(patched_tree), select("all", all_series), all_series, allow_dirty=True
     )
     assert {r.series.number: r.outcome for r in results} == {
         s.number: "already applied" for s in all_series

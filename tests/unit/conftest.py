@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+MANIFEST = Path(__file__).resolve().parents[2] / "patches" / "project.toml"
 
 MODULE = """\
 class Engine:
@@ -71,6 +74,7 @@ def project(tmp_path, monkeypatch) -> Path:
         (root / "patches" / folder).mkdir(parents=True)
         (root / "patches" / folder / "series.toml").write_text(manifest)
         (root / "patches" / folder / "engine.py").write_text(edits)
+    shutil.copy(MANIFEST, root / "patches" / "project.toml")
     (root / "overlay" / "atom").mkdir(parents=True)
     (root / "overlay" / "atom" / "extra.py").write_text("EXTRA = 1\n")
     monkeypatch.setenv("ATOM_CKFREE_ROOT", str(root))

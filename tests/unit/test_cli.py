@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from atom_ckfree.cli import main
+from tests.tools import PIN
 
 from .conftest import git
 
@@ -106,7 +107,9 @@ def test_status_exits_1_when_a_series_conflicts(project, atom, capsys):
 def test_the_tools_own_commits_on_the_pin_are_not_warned_about(
     project, atom, capsys, monkeypatch
 ):
-    monkeypatch.setattr("atom_ckfree.cli.PIN", git(atom, "rev-parse", "HEAD").strip())
+    manifest = project / "patches" / "project.toml"
+    head = git(atom, "rev-parse", "HEAD").strip()
+    manifest.write_text(manifest.read_text().replace(PIN, head))
     assert cli(capsys, "apply", "--atom", str(atom), "--commit")[0] == 0
     for verb in ("status", "apply"):
         code, _, err = cli(capsys, verb, "--atom", str(atom))

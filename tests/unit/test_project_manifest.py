@@ -32,7 +32,7 @@ def test_the_committed_manifest_names_the_pin_and_the_tree():
         (lambda t: t.replace('package = "atom"\n', ""), "missing keys ['package']"),
         (
             lambda t: t.replace(
-                'markers = ["atom/__init__.py", "atom/model_engine/scheduler.py"]',
+                'markers = ["atom/__init__.py", "atom/model_engine"]',
                 'markers = "atom"',
             ),
             "markers must be a list",

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from atom_ckfree import PIN, export, report, upstream
+from atom_ckfree import export, report, upstream
 from atom_ckfree.cli import main
 from atom_ckfree.series import load_all, project_root
 from atom_ckfree.states import Verdict
 from atom_ckfree.sweep import CommitReport, SeriesVerdict
+from tests.tools import PIN
 
 ROOT = Path(__file__).resolve().parents[2]
 ESCAPE = "\x1b"
@@ -168,7 +170,8 @@ def test_pr_bodies_list_the_tests_that_cover_each_series_and_how_to_run_them():
                 )
                 assert found.returncode == 0, f"{series.name}: no {test} at the pin"
         if series.atom_tests:
-            assert f"{export.ATOM_TESTS_COMMAND} {' '.join(series.atom_tests)}" in tests
+            command = ["python", "-m", "pytest", "-q", "-m", "not gpu"]
+            assert shlex.join([*command, *series.atom_tests]) in tests
     mha = by_number[2]
     body = export._resolve_placeholders(
         export.pr_body(mha, "main", [], list(mha.files), all_series), by_number
