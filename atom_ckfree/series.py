@@ -191,6 +191,16 @@ def load_all(root: Path | None = None) -> list[Series]:
         raise SeriesError(
             f"{root / 'patches'}: series numbers must run 1..N without gaps, got {numbers}"
         )
+    claimed: dict[str, Series] = {}
+    for s in found:
+        for path in s.overlay:
+            if path in claimed:
+                raise SeriesError(
+                    f"{s.folder / 'series.toml'}: overlay file {path} is already "
+                    f"claimed by series {claimed[path].number} "
+                    f"({claimed[path].folder / 'series.toml'})"
+                )
+            claimed[path] = s
     for s in found:
         bad = [d for d in s.depends_on if not 1 <= d < s.number]
         if bad:

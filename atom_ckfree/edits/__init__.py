@@ -44,11 +44,10 @@ from .dockerfile import (
     Instruction,
     ReplaceInstruction,
 )
-from .tomldoc import AddArrayItem, SetValue
+from .tomldoc import AddArrayItem
 from .yamldoc import (
     AddCondition,
     AddJob,
-    AppendToList,
     MergeMapping,
     SetEntry,
     SwitchOn,
@@ -60,13 +59,11 @@ __all__ += [
     "AddArrayItem",
     "AddCondition",
     "AddJob",
-    "AppendToList",
     "InsertInstructions",
     "Instruction",
     "MergeMapping",
     "ReplaceInstruction",
     "SetEntry",
-    "SetValue",
     "SwitchOn",
     "Unless",
     "found",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from dockerfile_parse import DockerfileParser
 
+from ..errors import SeriesError
 from .base import Conflict, Edit
 
 
@@ -145,7 +146,7 @@ class InsertInstructions(DockerfileEdit):
     ):
         super().__init__(id)
         if (after is None) == (before is None):
-            raise ValueError(f"{id}: give exactly one of after=, before=")
+            raise SeriesError(f"{id}: give exactly one of after=, before=")
         self.after, self.before = after, before
         self.block, self.payload = _payload(code)
 

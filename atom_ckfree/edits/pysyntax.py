@@ -16,6 +16,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
+from ..errors import SeriesError
 from .base import Conflict
 
 _EMPTY = cst.Module(body=[])
@@ -286,5 +287,7 @@ def enclosing_block(root: cst.CSTNode, node: cst.CSTNode) -> cst.CSTNode:
     """The Module or IndentedBlock whose ``body`` lists ``node``."""
     block = parents(root)[node]
     if not isinstance(block, (cst.Module, cst.IndentedBlock)):
-        raise TypeError(f"{type(node).__name__} is not a statement in a block")
+        raise SeriesError(
+            f"the anchor names a {type(node).__name__}, not a statement in a block"
+        )
     return block

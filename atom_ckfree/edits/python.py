@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import libcst as cst
 
+from ..errors import SeriesError
 from .base import Conflict, Edit
 from .pysyntax import (
     Anchor,
@@ -94,9 +95,9 @@ class InsertStatements(PythonEdit):
     ):
         super().__init__(id, scope)
         if sum(x is not None for x in (after, before, at)) != 1:
-            raise ValueError(f"{id}: give exactly one of after=, before=, at=")
+            raise SeriesError(f"{id}: give exactly one of after=, before=, at=")
         if at not in (None, "start", "end"):
-            raise ValueError(f"{id}: at= is 'start' or 'end'")
+            raise SeriesError(f"{id}: at= is 'start' or 'end'")
         self.payload = parse_statements(code)
         self.after, self.before, self.at = after, before, at
 
@@ -389,7 +390,7 @@ class ReplaceArgument(PythonEdit):
     ):
         super().__init__(id, scope)
         if (keyword is None) == (index is None):
-            raise ValueError(f"{id}: give exactly one of keyword=, index=")
+            raise SeriesError(f"{id}: give exactly one of keyword=, index=")
         self.anchor, self.value, self.keyword, self.index = (
             anchor,
             value,

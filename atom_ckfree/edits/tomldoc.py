@@ -85,43 +85,6 @@ class TomlEdit(Edit):
         return node
 
 
-class SetValue(TomlEdit):
-    """Ensure ``key = value`` in the table at ``table`` (created when missing).
-
-    Already applied when the key holds ``value``; a different value is replaced only
-    when it is the ``replaces`` value the edit was written against, else a conflict."""
-
-    def __init__(
-        self,
-        id: str,
-        table: Sequence[str],
-        key: str,
-        value: Any,
-        *,
-        replaces: Any = None,
-    ):
-        super().__init__(id, table, key)
-        self.value, self.replaces = value, replaces
-
-    def apply(self, doc):
-        table = self.find_table(doc, create=False)
-        if table is not None and self.key in table:
-            have = _plain(table[self.key])
-            if have == self.value:
-                return doc, False
-            if self.replaces is None or have != self.replaces:
-                expected = (
-                    f"{self.key} = {self.replaces!r}"
-                    if self.replaces is not None
-                    else f"no {self.key}"
-                )
-                raise self.conflict(doc, expected, f"{self.key} = {have!r}")
-            table[self.key] = self.value
-            return doc, True
-        table = self.find_table(doc, create=True)
-        return _add(doc, table, self.key, _item(self.value)), True
-
-
 def _add(doc: TOMLDocument, table: Any, key: str, item: Any) -> TOMLDocument:
     """Add ``key`` right after the table's last value, before the blank lines and
     comments that lead to the next table. ``Table.add`` (tomlkit's public API) puts it

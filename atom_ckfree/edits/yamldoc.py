@@ -469,35 +469,3 @@ class SwitchOn(YamlEdit):
         _drop_comment_lines(node, "if", self.drop_comments)
         node["if"] = f"${{{{ {' && '.join(terms)} }}}}"
         return doc, True
-
-
-class AppendToList(YamlEdit):
-    """Append ``item`` to the list at ``path`` once (or insert it right after the item
-    equal to ``after``). Already applied when an equal item is in the list."""
-
-    def __init__(self, id: str, path: Sequence[Any], item: Any, *, after: Any = None):
-        super().__init__(id, path)
-        self.item = item
-        self.after = after
-
-    def apply(self, doc):
-        node = self.walk(doc)
-        if not isinstance(node, list):
-            raise self.conflict(
-                f"a list at {_path_text(self.path)}", _show(node), _node_line(node)
-            )
-        want = plain(self.item)
-        if any(plain(x) == want for x in node):
-            return doc, False
-        if self.after is None:
-            node.append(self.item)
-            return doc, True
-        anchors = [i for i, x in enumerate(node) if plain(x) == plain(self.after)]
-        if not anchors:
-            raise self.conflict(
-                f"the item {_show(self.after)} to insert after",
-                _show(node),
-                _node_line(node),
-            )
-        node.insert(anchors[0] + 1, self.item)
-        return doc, True

@@ -113,6 +113,10 @@ MANIFEST_BREAKS = {
         _replace("overlay = []", 'overlay = ["atom/no_such_file.py"]'),
         "do not exist",
     ),
+    "claims-another-series-overlay-file": (
+        _replace("overlay = []", 'overlay = ["atom/model_ops/ck_free_mha.py"]'),
+        "already claimed by series 1",
+    ),
 }
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from atom_ckfree.edits import FORMATS, AddArrayItem, Conflict, SetValue
+from atom_ckfree.edits import FORMATS, AddArrayItem, Conflict
 
 PYPROJECT = """\
 [project]
@@ -65,23 +65,18 @@ def test_add_array_item_conflicts_when_the_key_is_no_array():
     assert err.value.line == 2 and "mini" in err.value.found
 
 
-def test_set_value_sets_replaces_and_conflicts():
-    edit = SetValue("python", ("project",), "requires-python", ">=3.10")
+def test_add_array_item_goes_after_the_tables_last_value_not_its_trailing_comments():
+    # the comment and the blank line before [tool.setuptools...] stay with that table
+    edit = AddArrayItem("dep", ("project",), "optional", "gpu")
     out, changed = run([edit])
     assert changed == [True]
     assert out == PYPROJECT.replace(
-        'torch"]\n', 'torch"]\nrequires-python = ">=3.10"\n'
+        'torch"]\n', 'torch"]\noptional = [\n    "gpu",\n]\n'
     )
     assert run([edit], out) == (out, [False])
-    rename = SetValue("rename", ("project",), "name", "maxi", replaces="mini")
-    out, _ = run([rename])
-    assert out == PYPROJECT.replace('"mini"', '"maxi"')
-    with pytest.raises(Conflict) as err:
-        run([SetValue("rename", ("project",), "name", "maxi", replaces="other")])
-    assert err.value.line == 2
 
 
 def test_a_table_path_through_a_value_is_a_conflict():
     with pytest.raises(Conflict) as err:
-        run([SetValue("x", ("project", "name"), "k", 1)])
+        run([AddArrayItem("x", ("project", "name"), "k", 1)])
     assert "[project.name]" in err.value.expected

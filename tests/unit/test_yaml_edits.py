@@ -6,7 +6,6 @@ from atom_ckfree.edits import (
     FORMATS,
     AddCondition,
     AddJob,
-    AppendToList,
     Conflict,
     MergeMapping,
     SetEntry,
@@ -188,15 +187,6 @@ def test_add_condition_sets_if_where_there_is_none():
     )
     out, _ = run([edit])
     assert "      - name: Run\n        if: ${{ always() }}\n        run: |\n" in out
-
-
-def test_append_to_list_once():
-    edit = AppendToList("needs", ("jobs", "gpu", "needs"), "tests")
-    out, changed = run([edit])
-    assert changed == [True] and "    needs: [lint, tests]\n" in out
-    assert run([edit], out) == (out, [False])
-    with pytest.raises(Conflict):
-        run([AppendToList("x", ("jobs", "gpu", "runs-on"), "y")])
 
 
 @pytest.mark.parametrize(

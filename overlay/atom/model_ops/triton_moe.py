@@ -1901,13 +1901,6 @@ def _classify_scale(
     )
 
 
-def _ceil_pow2_div(value: int, cap: int) -> int:
-    v = 16
-    while v * 2 <= min(value, cap):
-        v *= 2
-    return v
-
-
 def _fp8_meta(dtype: torch.dtype, device: torch.device | None = None) -> dict:
     """The FP8 constexprs of the kernels (with ``UPCAST`` when ``device`` is given)."""
     meta = {
