@@ -23,7 +23,7 @@ class CkfreeError(Exception):
         self.detail = trimmed(detail)
 
     @property
-    def line(self) -> str:
+    def message(self) -> str:
         """The one line: what happened and where — what to do."""
         return f"{self.what} — {self.fix}" if self.fix else self.what
 
@@ -36,9 +36,11 @@ class CkfreeError(Exception):
 
     def __str__(self) -> str:
         if not self.detail:
-            return self.line
+            return self.message
         return (
-            self.line + "\n" + "\n".join(f"    {d}" for d in self.detail.splitlines())
+            self.message
+            + "\n"
+            + "\n".join(f"    {d}" for d in self.detail.splitlines())
         )
 
 

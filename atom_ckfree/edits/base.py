@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..errors import DriftError
 
-@dataclass
-class Conflict(Exception):
-    """An edit could not find what it anchors on, or found something in its way."""
 
-    edit_id: str
-    expected: str
-    found: str
-    line: int | None = None
+class Conflict(DriftError):
+    """An edit could not find what it anchors on, or found something in its way.
+    The engine turns it into a unit's conflict (report.conflict_text); one that
+    reaches the CLI is a drift (exit 1) like any other."""
 
-    def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        return f"{where}{self.edit_id}: expected {self.expected}; found {self.found}"
+    def __init__(
+        self, edit_id: str, expected: str, found: str, line: int | None = None
+    ):
+        self.edit_id, self.expected, self.found, self.line = (
+            edit_id,
+            expected,
+            found,
+            line,
+        )
+        where = f"line {line}: " if line else ""
+        super().__init__(f"{where}{edit_id}: expected {expected}; found {found}")
 
 
 class Edit:

@@ -45,6 +45,6 @@ def test_a_broken_manifest_is_one_error_naming_the_file(tmp_path, change, messag
     (tmp_path / project.MANIFEST).write_text(change(text))
     with pytest.raises(SeriesError) as error:
         project.load(tmp_path)
-    assert str(tmp_path / project.MANIFEST) in error.value.line
-    assert message in error.value.line
-    assert "\n" not in error.value.line
+    assert str(tmp_path / project.MANIFEST) in error.value.message
+    assert message in error.value.message
+    assert "\n" not in error.value.message

@@ -26,6 +26,7 @@ from atom_ckfree.edits import (
     if_test,
     stmt,
 )
+from atom_ckfree.errors import SeriesError
 
 
 def src(text: str) -> str:
@@ -149,7 +150,7 @@ def test_insert_a_method_at_the_end_of_a_class_and_refuse_a_different_one():
 
 
 def test_insert_statements_needs_exactly_one_place():
-    with pytest.raises(ValueError):
+    with pytest.raises(SeriesError, match="exactly one of after=, before=, at="):
         InsertStatements("i", "", "x = 1", before=stmt("y = 1"), at="end")
 
 

@@ -22,5 +22,5 @@ def test_a_snippet_is_read_beside_the_edits_module(tmp_path):
 def test_a_missing_snippet_is_a_series_error_naming_the_file(tmp_path):
     with pytest.raises(SeriesError) as error:
         snippet(str(tmp_path / "edits.py"), "gone.py")
-    assert str(tmp_path / "snippets" / "gone.py") in error.value.line
+    assert str(tmp_path / "snippets" / "gone.py") in error.value.message
     assert "\n" not in str(error.value)
