@@ -92,6 +92,29 @@ def test_without_ck_triton_gets_row_major_weights(monkeypatch, cls, ck, env):
     assert not fake.touched_ck_moe(), fake.names()
 
 
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+def test_static_activation_scales_reach_the_triton_pipeline(monkeypatch, dynamic):
+    moe, _ = load_moe(monkeypatch, ck=False)
+    method = make_method(moe, "Fp8MoEMethod", dynamic=dynamic)
+    layer = make_moe_layer(method)
+    method.process_weights_after_loading(layer)
+
+    from atom.model_ops import triton_moe
+
+    calls = []
+    monkeypatch.setattr(triton_moe, "fused_moe_fp8", recorder(calls))
+    ids = torch.tensor([[0, 1]], dtype=torch.int32)
+    fixed_routing(moe, monkeypatch, torch.tensor([[0.5, 0.5]]), ids)
+    method.apply(layer, torch.zeros(1, 256, dtype=torch.bfloat16), None, 2, True)
+    kwargs = calls[0][2]
+    if dynamic:
+        assert kwargs["a13_scale"] is None and kwargs["a2_scale"] is None
+    else:
+        assert kwargs["a13_scale"] is layer.w13_input_scale
+        assert kwargs["a2_scale"] is layer.w2_input_scale
+        assert layer.w13_input_scale is not None
+
+
 def test_block_scales_pass_their_block_shape(monkeypatch):
     moe, fake = load_moe(monkeypatch, ck=False)
     method = make_method(moe, "Fp8MoEMethod", QuantType.per_1x128)

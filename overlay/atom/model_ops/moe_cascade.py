@@ -199,8 +199,9 @@ def fp8_moe_apply_without_ck(
     """FP8 MoE on the FlyDSL or the Triton backend, with the layer's weights,
     scales and the routing the CK path would get.
 
-    Activations are quantised dynamically per token (group); static input
-    scales of the checkpoint are not used by these backends.
+    FlyDSL quantises the activations dynamically per token; the Triton pipeline
+    uses the checkpoint's static input scales when it has them (then no dynamic
+    quantisation and no per-K-step scaling in GEMM2), else per token group.
     """
     if modular_kernel:
         raise NotImplementedError(
@@ -248,4 +249,7 @@ def fp8_moe_apply_without_ck(
         w2_scale=layer.w2_weight_scale,
         block_shape=block_shape,
         num_fused_shared_experts=getattr(layer, "num_fused_shared_experts", 0),
+        # a checkpoint's static activation scales (None when quantised dynamically)
+        a13_scale=getattr(layer, "w13_input_scale", None),
+        a2_scale=getattr(layer, "w2_input_scale", None),
     )
