@@ -29,7 +29,7 @@ def aiter_git() -> tuple[Path | None, str]:
         return upstream.update_cache(given, "main", name="aiter"), f"{ENV}={given}"
     repo = upstream.cache_repo("aiter")
     if (repo / "HEAD").exists():
-        return repo, str(repo)
+        return repo, _home_relative(repo)
     return None, (
         f"no AITER source: set {ENV} to AITER's git (a clone, bare directory or "
         f"URL such as {project.current().companions['aiter']}) or seed {repo} with it"
@@ -66,3 +66,11 @@ def extract(repo: Path, commit: str, root: Path = EXTRACT_ROOT) -> Path:
     archive.unlink()
     (dest / ".complete").touch()
     return package
+
+
+def _home_relative(path: Path) -> str:
+    """``~/…`` for a path under the home directory (reports name no machine's paths)."""
+    try:
+        return f"~/{path.relative_to(Path.home())}"
+    except ValueError:
+        return str(path)
