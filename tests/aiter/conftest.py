@@ -63,6 +63,13 @@ def aiter(aiter_tree):
         stub = types.ModuleType(name)
         stub.__path__ = [str(aiter_tree.joinpath(*name.split(".")[1:]))]
         sys.modules[name] = stub
+    # AITER's torch_compile_guard registers each wrapped function as a torch custom op
+    # (for torch.compile, which these tests do not use) under names that torch's
+    # clean-up at interpreter exit cannot parse ("aiter::aiter::x": a traceback after
+    # the test summary). The functions themselves run unchanged without it.
+    guard = types.ModuleType("aiter.jit.utils.torch_guard")
+    guard.torch_compile_guard = lambda *args, **kwargs: lambda func: func
+    sys.modules[guard.__name__] = guard
     # No GPU to ask: the arch lookup answers gfx942 (AITER's MI300X configs and dtypes)
     # and the CU count is a small machine's, for small interpreter grids. Patched in
     # the defining modules before any wrapper imports the names.
