@@ -3,6 +3,7 @@ promises, and .dockerignore shrinks the real build context."""
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import subprocess
@@ -12,7 +13,10 @@ import pathspec
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from atom_ckfree import upstream
 from tests.tools import tool
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
@@ -115,7 +119,11 @@ def test_wheels_builder_stages_arguments_and_output(patched_tree):
     assert [i["value"] for i in items if i["instruction"] == "FROM"][
         -1
     ] == "scratch AS wheels"
-    copies = [i["value"] for i in items if i["instruction"] == "COPY"][-5:]
+    copies = [
+        i["value"]
+        for i in items
+        if i["instruction"] == "COPY" and i["value"].endswith("/wheels/ /")
+    ]
     assert [c.split()[0] for c in copies] == [
         f"--from={s}" for s in ("torch", "triton", "flydsl", "mori", "aiter")
     ]
@@ -190,3 +198,58 @@ def test_dockerignore_shrinks_the_real_build_context(pin_template, patched_tree)
         "a.egg-info/PKG-INFO",
     ):
         assert ignore.match_file(dropped), dropped
+
+
+def _flydsl_moe_modules() -> tuple[str, ...]:
+    """``FLYDSL_MOE_MODULES`` of the overlay's flydsl_moe.py: where ATOM imports
+    FlyDSL's MoE kernels from."""
+    tree = ast.parse((ROOT / "overlay/atom/model_ops/flydsl_moe.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "FLYDSL_MOE_MODULES"
+            for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError("flydsl_moe.py has no FLYDSL_MOE_MODULES")
+
+
+def test_the_image_carries_flydsl_moe_kernels_where_atom_imports_them(patched_tree):
+    """FlyDSL's wheel has no kernels/ (its setup.py packages python/ only): the
+    wheels stage ships its checkout's kernels/ beside the wheels, the clean image puts
+    them on PYTHONPATH, and there FlyDSL's real tree has a module flydsl_moe imports."""
+    wheels = structure(patched_tree / "docker/Dockerfile.wheels")
+    copies = [i["value"].split() for i in wheels if i["instruction"] == "COPY"]
+    (kernels,) = [c for c in copies if c[0] == "--from=flydsl" and "kernels" in c[1]]
+    source, shipped = kernels[1], kernels[2]  # /src/flydsl/kernels -> /flydsl/kernels
+    clone = source.rsplit("/kernels", 1)[0]
+    assert any(
+        i["instruction"] == "RUN" and "git clone" in i["value"] and clone in i["value"]
+        for i in wheels
+    ), f"no stage clones FlyDSL into {clone}"
+    clean = instructions(patched_tree / "docker/Dockerfile.clean")
+    (install,) = [v for k, v in clean if k == "RUN" and "from=wheels" in v]
+    copied = re.search(r"cp -r /wheels(/\S+) (\S+)", install)
+    assert copied and shipped.startswith(copied[1] + "/"), install
+    in_image = copied[2] + shipped[len(copied[1]) :]  # /opt/flydsl/kernels
+    paths = [v.split("=", 1)[1] for k, v in clean if k == "ENV" and "PYTHONPATH=" in v]
+    assert paths and f"{paths[-1]}/kernels" == in_image, (paths, in_image)
+
+    repo = upstream.cache_repo("flydsl")
+    if not (repo / "HEAD").exists():
+        pytest.skip(
+            f"NO FLYDSL SOURCE: seed {repo} (git clone --bare "
+            "https://github.com/ROCm/FlyDSL.git it) to check the kernels' layout"
+        )
+    files = subprocess.run(
+        ["git", "--git-dir", str(repo), "ls-tree", "-r", "--name-only", "main"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    importable = {
+        name
+        for name in _flydsl_moe_modules()
+        if f"{name.replace('.', '/')}.py" in files
+        or f"{name.replace('.', '/')}/__init__.py" in files
+    }
+    assert importable, f"none of {_flydsl_moe_modules()} in FlyDSL's kernels/"
