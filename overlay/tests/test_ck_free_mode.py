@@ -51,9 +51,36 @@ def test_flag_on_is_ck_free(envs, monkeypatch):
 
 
 def test_aiter_without_ck_is_ck_free(envs):
+    # as a real CK-free build: the CK entry point is exported, and fails when called
     fake = fake_aiter.install(ck=False)
-    assert not hasattr(fake.modules["aiter"], "flash_attn_varlen_func")
+    assert callable(fake.modules["aiter"].flash_attn_varlen_func)
+    with pytest.raises(RuntimeError, match="CK module"):
+        fake.modules["aiter"].flash_attn_varlen_func()
     assert not envs.aiter_has_ck() and envs.ck_free_mode()
+
+
+def test_ck_enabled_but_without_ck_sources_or_prebuilt_module_is_ck_free(envs):
+    # ENABLE_CK left at 1 in the environment of an AITER built with ENABLE_CK=0
+    fake = fake_aiter.install(ck=False)
+    fake.modules["aiter.jit.core"].ENABLE_CK = True
+    assert not envs.aiter_has_ck()
+
+
+def test_an_aiter_before_enable_ck_with_ck_sources_has_ck(envs):
+    fake = fake_aiter.install(ck=True)
+    del fake.modules["aiter.jit.core"].ENABLE_CK
+    assert envs.aiter_has_ck()
+
+
+def test_a_prebuilt_ck_attention_module_is_ck_without_sources(envs):
+    fake = fake_aiter.install(ck=True)
+    fake.modules["aiter.jit.core"].CK_DIR = "/nonexistent/ck"
+    assert envs.aiter_has_ck()
+    envs.aiter_has_ck.cache_clear()
+    fake_aiter.uninstall()
+    fake = fake_aiter.install(ck=False)
+    fake.modules["aiter.jit.core"].ENABLE_CK = True
+    assert not envs.aiter_has_ck()  # neither sources nor the module
 
 
 def test_detection_is_cached(envs):

@@ -11,6 +11,7 @@ SWITCHES = (
 
 EDITS = [
     AddImport("envs.import-functools", "functools"),
+    AddImport("envs.import-importlib-util", "importlib.util"),
     *(
         SetDictEntry(
             f"envs.{name.lower().replace('_', '-')}",

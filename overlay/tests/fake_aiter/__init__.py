@@ -10,8 +10,10 @@ caller uses a result, compute a small reference result in torch.
 
 The entry points are listed in ``entries.ENTRIES`` (module -> names); adding an
 entry point is adding a line there. ``entries.CK`` names the CK entry points
-(and modules): with ``ck=False`` they are absent and ``aiter.jit.core.ENABLE_CK``
-is False. ``entries.CK_MOE`` names the CK kernels of the MoE path
+and ``entries.CK_MODULES`` its prebuilt CK modules: with ``ck=False``, as in a
+CK-free AITER build, the entry points are still exported but fail when called, the
+modules and the CK sources (``aiter.jit.core.CK_DIR``) are absent and
+``aiter.jit.core.ENABLE_CK`` is False. ``entries.CK_MOE`` names the CK kernels of the MoE path
 (``touched_ck_moe``). With ``values=True`` the trace keeps a checksum of each
 tensor's values as well, for comparing two runs call by call.
 """
@@ -23,6 +25,7 @@ import importlib.machinery
 import sys
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,18 +123,22 @@ class FakeAiter:
 
     def build(self) -> None:
         for module_name, names in entries.ENTRIES.items():
-            if not self.ck and module_name in entries.CK:
+            if not self.ck and module_name in entries.CK_MODULES:
                 continue
             module = self._module(module_name)
             for name, impl in names.items():
                 qualname = f"{module_name}.{name}"
-                if not self.ck and qualname in entries.CK:
-                    continue
                 if isinstance(impl, entries.Value):
                     setattr(module, name, impl.make(self))
+                elif not self.ck and qualname in entries.CK:
+                    setattr(module, name, self._entry(qualname, _ck_free(qualname)))
                 else:
                     setattr(module, name, self._entry(qualname, impl))
-        self.modules["aiter.jit.core"].ENABLE_CK = self.ck
+        core = self.modules["aiter.jit.core"]
+        # AITER reads ENABLE_CK from the environment at import (aiter/jit/core.py);
+        # CK_DIR is its Composable Kernel source tree, which a CK-free build lacks.
+        core.ENABLE_CK = self.ck
+        core.CK_DIR = str(Path(__file__).parent) if self.ck else "/nonexistent/ck"
         # torch.ops.aiter.<op>: ATOM calls some kernels through torch.ops
         self.torch_ops = types.SimpleNamespace(
             **{
@@ -178,6 +185,16 @@ def _install_torch_ops(ours) -> None:
 
 
 _current: FakeAiter | None = None
+
+
+def _ck_free(qualname: str) -> Callable[..., Any]:
+    """A CK entry point of a CK-free AITER: exported like any other, it fails when
+    called, because its JIT module cannot be built without the CK sources."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"[aiter] build of the CK module behind {qualname} failed")
+
+    return fail
 
 
 def install(ck: bool = True) -> FakeAiter:

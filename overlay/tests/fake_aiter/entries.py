@@ -191,8 +191,9 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "get_ep_group": const(lambda: _group()),
     },
     "aiter.jit": {},
-    "aiter.jit.core": {"CK_DIR": const(None)},  # + ENABLE_CK (the ck switch)
+    "aiter.jit.core": {},  # + ENABLE_CK and CK_DIR, set by the ck switch
     "aiter.jit.module_moe_sorting": {},  # CK's prebuilt MoE sorting (CK only)
+    "aiter.jit.module_mha_varlen_fwd": {},  # CK's prebuilt varlen attention (CK only)
     "aiter.jit.utils": {},
     "aiter.jit.utils.chip_info": {"get_gfx": const(lambda: "gfx942")},
     "aiter.jit.utils.torch_guard": {"torch_compile_guard": const(_identity_decorator)},
@@ -246,8 +247,13 @@ CK = {
     "aiter.ck_moe_stage1",
     "aiter.ck_moe_stage2",
     "aiter.moe_sorting_fwd",
-    "aiter.jit.module_moe_sorting",
 }
+
+# The prebuilt CK JIT modules: a CK-free build has none of them (AITER's setup.py
+# leaves the CK modules out of the prebuild when ENABLE_CK=0, _get_ck_exclude_modules
+# in aiter/jit/core.py since AITER #2074), nor the Composable Kernel sources (CK_DIR)
+# that would build them.
+CK_MODULES = {"aiter.jit.module_moe_sorting", "aiter.jit.module_mha_varlen_fwd"}
 
 # The CK and ASM kernels (and their weight layout) of moe.py's MoE path: none of
 # these may run when a non-CK MoE backend (FlyDSL, Triton) is chosen.

@@ -1,18 +1,26 @@
 @functools.cache
 def aiter_has_ck() -> bool:
-    """Whether the installed AITER provides its CK kernels (checked once).
+    """Whether the installed AITER can run its CK kernels (checked once).
 
-    AITER built with ``ENABLE_CK=0`` says so in ``aiter.jit.core.ENABLE_CK``;
-    older builds have no such flag and always ship CK. Without the CK
-    attention entry point there is no CK either."""
+    Every AITER build exports the CK entry points (``flash_attn_varlen_func``,
+    ``moe_sorting_fwd``); a CK-free one (``ENABLE_CK=0``, AITER #2074) fails only
+    when such a module is built or loaded. So CK is there when
+    ``aiter.jit.core.ENABLE_CK`` (read from the environment at import; absent
+    before #2074) allows it and AITER can build CK modules (its Composable Kernel
+    sources, ``CK_DIR``, are present) or the CK attention module is prebuilt."""
     try:
-        import aiter
         from aiter.jit import core as aiter_jit_core
     except ImportError:
         return False
     if not getattr(aiter_jit_core, "ENABLE_CK", True):
         return False
-    return hasattr(aiter, "flash_attn_varlen_func")
+    ck_dir = getattr(aiter_jit_core, "CK_DIR", None)
+    if ck_dir and os.path.isdir(ck_dir):
+        return True
+    try:
+        return importlib.util.find_spec("aiter.jit.module_mha_varlen_fwd") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def ck_free_mode() -> bool:
