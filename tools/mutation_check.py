@@ -20,19 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
+
+import tomlkit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atom_ckfree import report  # noqa: E402
+from atom_ckfree import report
 
 MUTATIONS = ROOT / "tests" / "mutations.toml"
 
 
 def load(only: set[str] | None) -> list[dict]:
-    mutations = tomllib.loads(MUTATIONS.read_text())["mutation"]
+    mutations = tomlkit.parse(MUTATIONS.read_text()).unwrap()["mutation"]
     known = {m["id"] for m in mutations}
     unknown = (only or set()) - known
     if unknown:
