@@ -6,10 +6,11 @@ in one file of the project (a series' edit or snippet, an overlay module) and na
 the tests that must then fail. For every mutation the check makes a detached git
 worktree of HEAD in a temporary folder (the checkout you work in is never touched),
 applies the mutation there, runs those tests with this interpreter and reports
-whether they failed (``caught``) or passed (``SURVIVED``). Exits 1 when a mutation
-survives or no longer applies.
+whether they failed (``caught``) or passed (``SURVIVED``). A first run of all the
+named tests on HEAD unmutated must pass (``--no-baseline`` skips it). Exits 1 when
+a mutation survives or no longer applies, or the baseline fails.
 
-    tools/mutation_check.py [--only ID[,ID...]] [--json]
+    tools/mutation_check.py [--only ID[,ID...]] [--no-baseline] [--json]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def run_tests(tree: Path, tests: list[str]) -> tuple[int, str]:
 
 
 def check(mutation: dict) -> dict:
+    """One mutation's verdict; ``mutation`` without ``old`` is the baseline (HEAD as
+    it is, whose tests must pass)."""
     with tempfile.TemporaryDirectory(prefix="ckfree-mutant-") as tmp:
         tree = Path(tmp) / "tree"
         subprocess.run(
@@ -78,7 +81,7 @@ def check(mutation: dict) -> dict:
             check=True,
         )
         try:
-            problem = mutate(tree, mutation)
+            problem = mutate(tree, mutation) if "old" in mutation else None
             if problem:
                 return {
                     "id": mutation["id"],
@@ -108,9 +111,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated mutation ids")
     parser.add_argument("--json", action="store_true", help="the results as JSON")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the first run, of the named tests on HEAD unmutated",
+    )
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     mutations = load(only)
+    if not args.no_baseline:
+        tests = sorted({t for m in mutations for t in m["tests"]})
+        baseline = {"id": "baseline", "what": "HEAD unmutated", "tests": tests}
+        mutations = [baseline, *mutations]
     results = []
     with report.progress("mutating") as step:
         for done, mutation in enumerate(mutations):
@@ -121,10 +133,10 @@ def main() -> int:
     else:
         grid = report.table("mutation", "what", "verdict", "tests said")
         for r in results:
-            style = "green" if r["verdict"] == "caught" else "red"
+            style = "green" if r["verdict"] in ("caught", "passes") else "red"
             grid.add_row(r["id"], r["what"], f"[{style}]{r['verdict']}[/]", r["detail"])
         report.console.print(grid)
-    return 0 if all(r["verdict"] == "caught" for r in results) else 1
+    return 0 if all(r["verdict"] in ("caught", "passes") for r in results) else 1
 
 
 if __name__ == "__main__":
