@@ -83,6 +83,30 @@ def _fp8_casts_rounded_like_a_gpu():
         yield
 
 
+# Launch options only AMD's backend takes (AITER passes them to every kernel).
+AMD_ONLY = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
+ON_NVIDIA = torch.cuda.is_available() and torch.version.hip is None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _amd_launch_options_dropped_on_nvidia():
+    """On an NVIDIA GPU AITER's kernels launch without the AMD-only options."""
+    if not ON_NVIDIA or os.environ.get("TRITON_INTERPRET") == "1":
+        yield
+        return
+    from triton.runtime.jit import JITFunction
+
+    launch = JITFunction.run
+
+    def run(self, *args, **kwargs):
+        for name in AMD_ONLY:
+            kwargs.pop(name, None)
+        return launch(self, *args, **kwargs)
+
+    with mock.patch.object(JITFunction, "run", run):
+        yield
+
+
 def adapt_to_this_machine(import_module) -> None:
     """AITER's Triton modules ask the GPU what it is: here the arch lookup answers
     gfx942 (AITER's MI300X configs and dtypes) and the CU count is a small machine's,
@@ -142,3 +166,18 @@ def aiter(aiter_tree):
 
 
 from .atom_layers import atom_on_aiter, layer_tree  # noqa: F401
+
+
+def pytest_generate_tests(metafunc):
+    """``device``: where a layer test runs. Under Triton's interpreter (the default
+    here) on the CPU at small sizes; with ``TRITON_INTERPRET=0`` on a GPU with
+    compiled kernels at model sizes, marked ``gpu``. The interpreter is one switch
+    for the whole process (read when kernels are defined), so a run collects the
+    one or the other and skips neither."""
+    if "device" not in metafunc.fixturenames:
+        return
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        metafunc.parametrize("device", [pytest.param("cpu", id="cpu")])
+    else:
+        gpu = pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)
+        metafunc.parametrize("device", [gpu])

@@ -15,7 +15,6 @@ test_contracts.py); on a GPU the same cases run at larger sizes.
 
 from __future__ import annotations
 
-import os
 import types
 from dataclasses import dataclass
 
@@ -26,8 +25,6 @@ from .reference import attention, rms_norm, rope
 
 pytestmark = pytest.mark.aiter
 
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-DEVICE = "cuda" if ON_GPU else "cpu"
 HALF = torch.float16
 BLOCK = 16
 BASE = 10000.0
@@ -73,9 +70,9 @@ def _aiter_fp8():
 class Layer:
     """One patched ``Attention`` with its paged cache, driven step by step."""
 
-    def __init__(self, atom, case: Case, g):
-        self.case = case
-        hq, hk, lens, _, num_blocks = SIZES[DEVICE]
+    def __init__(self, atom, case: Case, g, device):
+        self.case, self.device = case, device
+        hq, hk, lens, _, num_blocks = SIZES[device]
         self.hq, self.hk, self.d = hq, hk, case.head
         mha = atom.module("atom.model_ops.attention_mha")
         rotary = atom.module("atom.model_ops.rotary_embedding")
@@ -83,8 +80,8 @@ class Layer:
         norms = {}
         if case.norms:
             for name in ("q_norm", "k_norm"):
-                norm = torch.nn.RMSNorm(case.head, eps=1e-6, device=DEVICE)
-                norm.weight.data = 0.5 + torch.rand(case.head, generator=g).to(DEVICE)
+                norm = torch.nn.RMSNorm(case.head, eps=1e-6, device=device)
+                norm.weight.data = 0.5 + torch.rand(case.head, generator=g).to(device)
                 norms[name] = norm.to(HALF)
         self.norms = norms
         self.attn = mha.Attention(
@@ -97,17 +94,17 @@ class Layer:
             sliding_window=case.window,
             rotary_emb=rotary.RotaryEmbedding(
                 case.head, case.head, 4096, BASE, True, HALF
-            ).to(DEVICE),
+            ).to(device),
             **norms,
-        ).to(DEVICE)
+        ).to(device)
         cache_dtype = _aiter_fp8() if case.kv == "fp8" else HALF
         x = 16 // cache_dtype.itemsize  # model_runner.py:1058
         self.kv_layer = types.SimpleNamespace(
             k_cache=torch.zeros(
                 num_blocks, hk, case.head // x, BLOCK, x, dtype=cache_dtype
-            ).to(DEVICE),
+            ).to(device),
             v_cache=torch.zeros(num_blocks, hk, case.head, BLOCK, dtype=cache_dtype).to(
-                DEVICE
+                device
             ),
             k_scale=None,
             v_scale=None,
@@ -117,14 +114,14 @@ class Layer:
                 setattr(
                     self.kv_layer,
                     name,
-                    torch.zeros(num_blocks, hk, BLOCK, device=DEVICE),
+                    torch.zeros(num_blocks, hk, BLOCK, device=device),
                 )
         per_seq = num_blocks // len(lens)
         self.table = (
             torch.randperm(num_blocks, generator=g)[: per_seq * len(lens)]
             .view(len(lens), per_seq)
             .to(torch.int32)
-            .to(DEVICE)
+            .to(device)
         )
         config = types.SimpleNamespace(kv_cache_block_size=BLOCK)
         mha.get_current_atom_config = lambda: config
@@ -140,10 +137,10 @@ class Layer:
         starts = [h[-1][3] + h[-1][0].shape[0] if h else 0 for h in self.history]
         qs, ks, vs, pos, slots = [], [], [], [], []
         for s, n in enumerate(new_tokens):
-            q = torch.randn(n, hq, d, generator=g).to(HALF).to(DEVICE)
-            k = torch.randn(n, hk, d, generator=g).to(HALF).to(DEVICE)
-            v = torch.randn(n, hk, d, generator=g).to(HALF).to(DEVICE)
-            p = torch.arange(starts[s], starts[s] + n, device=DEVICE)
+            q = torch.randn(n, hq, d, generator=g).to(HALF).to(self.device)
+            k = torch.randn(n, hk, d, generator=g).to(HALF).to(self.device)
+            v = torch.randn(n, hk, d, generator=g).to(HALF).to(self.device)
+            p = torch.arange(starts[s], starts[s] + n, device=self.device)
             self.history[s].append((q, k, v, starts[s]))
             qs.append(q)
             ks.append(k)
@@ -156,13 +153,13 @@ class Layer:
         cu_q = torch.tensor([0, *torch.tensor(new_tokens).cumsum(0).tolist()])
         cu_k = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
         metadata = AttentionMetaData(
-            cu_seqlens_q=cu_q.to(torch.int32).to(DEVICE),
-            cu_seqlens_k=cu_k.to(torch.int32).to(DEVICE),
+            cu_seqlens_q=cu_q.to(torch.int32).to(self.device),
+            cu_seqlens_k=cu_k.to(torch.int32).to(self.device),
             max_seqlen_q=max(new_tokens),
             max_seqlen_k=max(lens),
             min_seqlen_q=min(new_tokens),
             slot_mapping=torch.cat(slots),
-            context_lens=torch.tensor(lens, dtype=torch.int32, device=DEVICE),
+            context_lens=torch.tensor(lens, dtype=torch.int32, device=self.device),
             block_tables=self.table,
         )
         fwd_ctx = types.SimpleNamespace(
@@ -187,7 +184,7 @@ class Layer:
         outs = []
         for s, n in enumerate(new_tokens):
             q, k, v = (torch.cat(parts) for parts in list(zip(*self.history[s]))[:3])
-            positions = torch.arange(q.shape[0], device=DEVICE)
+            positions = torch.arange(q.shape[0], device=self.device)
             if self.norms:
                 q = rms_norm(q, self.norms["q_norm"].weight, 1e-6)
                 k = rms_norm(k, self.norms["k_norm"].weight, 1e-6)
@@ -223,12 +220,12 @@ def _calls(fake):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_prefill_then_decode_matches_torch(atom_on_aiter, name):
+def test_prefill_then_decode_matches_torch(atom_on_aiter, device, name):
     case = CASES[name]
     atom = atom_on_aiter(ck=case.ck, env=dict(case.env))
     g = torch.Generator().manual_seed(sum(map(ord, name)))
-    layer = Layer(atom, case, g)
-    _, _, lens, steps, _ = SIZES[DEVICE]
+    layer = Layer(atom, case, g, device)
+    _, _, lens, steps, _ = SIZES[device]
     atol, rtol = _tolerance(case)
     got = layer.step(list(lens), g, prefill=True)
     want = layer.reference(lens, from_cache=False)

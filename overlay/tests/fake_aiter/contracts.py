@@ -396,9 +396,9 @@ def pa_decode_gluon(
         k = kf[ids].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
         v = vf[ids].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
         rows = slice(b * query_length, (b + 1) * query_length)
-        keep = _causal_mask(query_length, n)
+        keep = _causal_mask(query_length, n, device=q.device)
         if sliding_window > 0:
-            keep &= torch.arange(n)[None, :] >= n - sliding_window
+            keep &= torch.arange(n, device=q.device)[None, :] >= n - sliding_window
         group = heads // kv_heads
         kk = k.repeat_interleave(group, dim=1)
         vv = v.repeat_interleave(group, dim=1)
@@ -784,11 +784,11 @@ def fused_moe(
     w1f, w2f = _dequant_w(w1, w1_scale, mode), _dequant_w(w2, w2_scale, mode)
     inter = w2.shape[-1]
     fp8 = w1.dtype
-    local = torch.arange(w1.shape[0])
+    local = torch.arange(w1.shape[0], device=w1.device)
     if expert_mask is not None:
         local = torch.cumsum(expert_mask.long(), 0) - 1
     x = hidden_states.float()
-    out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32)
+    out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32, device=x.device)
     act = {1: F.silu, 2: F.gelu}[activation]
     for t in range(x.shape[0]):
         for slot in range(topk_ids.shape[1]):
