@@ -90,9 +90,10 @@ def check(mutation: dict) -> dict:
                 }
             start = time.monotonic()
             status, summary = run_tests(tree, mutation["tests"])
-            verdict = (
-                "caught" if status == 1 else "SURVIVED" if status == 0 else "error"
-            )
+            if "old" not in mutation:
+                verdict = "passes" if status == 0 else "FAILS"
+            else:
+                verdict = {0: "SURVIVED", 1: "caught"}.get(status, "error")
             return {
                 "id": mutation["id"],
                 "verdict": verdict,

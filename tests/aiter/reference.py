@@ -19,8 +19,8 @@ def attention(q, k, v, scale, causal=False, window_left=-1):
     logits = torch.einsum("ihd,jhd->hij", q.double(), kk) * scale
     if causal:
         lq, lk = q.shape[0], k.shape[0]
-        pos = torch.arange(lq)[:, None] + (lk - lq)
-        key = torch.arange(lk)[None, :]
+        pos = torch.arange(lq, device=q.device)[:, None] + (lk - lq)
+        key = torch.arange(lk, device=q.device)[None, :]
         keep = key <= pos
         if window_left >= 0:
             keep &= key >= pos - window_left
@@ -49,7 +49,7 @@ def rope(x, positions, base=10000.0, neox=True):
     float64: frequency ``i`` is ``base ** (-2i / d)``; NeoX rotates ``(x[i], x[i +
     d/2])``, GPT-J ``(x[2i], x[2i + 1])``."""
     d = x.shape[-1]
-    freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
     angle = positions.double()[:, None] * freq[None, :]
     c, s = angle.cos()[:, None, :], angle.sin()[:, None, :]
     xd = x.double()
