@@ -31,6 +31,11 @@ from typing import Any
 
 import torch
 
+# A fake AITER means no AMD GPU: the Triton kernels of the patched modules (ATOM's
+# own, e.g. kv_cache_asm) run under Triton's interpreter, which must be on before
+# triton is first imported (its language functions are made for one or the other).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from . import entries
 
 
@@ -149,12 +154,7 @@ class FakeAiter:
         )
 
     def install(self) -> FakeAiter:
-        """Put this fake's modules in ``sys.modules`` (again: the same objects).
-
-        A fake AITER means no AMD GPU: the Triton kernels of the patched modules
-        (ATOM's own, e.g. ``kv_cache_asm``) run under Triton's interpreter, which
-        must be on when they are defined (at import)."""
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+        """Put this fake's modules in ``sys.modules`` (again: the same objects)."""
         if not self.modules:
             self.build()
         for name, module in self.modules.items():

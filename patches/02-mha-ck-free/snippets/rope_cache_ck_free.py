@@ -1,11 +1,11 @@
 def rope_cache_ck_free(
     self, q, k, v, position, fwd_ctx: ForwardContext, k_cache, v_cache, k_scale, v_scale
 ):
-    """CK-free cache update, all Triton, in the layout the chosen paged attention
-    reads: V as ``[blocks, heads, head, block]`` for Triton paged attention (what
-    AITER's fused RoPE + cache kernel writes), ``[blocks, heads, block // x, head,
-    x]`` for ASM paged attention (which that kernel cannot write: AITER's Triton RoPE,
-    then the ASM-layout writer of ``kv_cache_asm``)."""
+    """CK-free cache update, all Triton, in the layout the chosen PA reads."""
+    # V as [blocks, heads, head, block] for Triton paged attention: what AITER's
+    # fused RoPE + cache kernel writes. V as [blocks, heads, block // x, head, x]
+    # for ASM paged attention, which that kernel cannot write: AITER's Triton
+    # RoPE, then the ASM-layout writer of kv_cache_asm.
     attn_metadata = fwd_ctx.attn_metadata
     if self.q_norm is not None:
         q = self.q_norm(q)
