@@ -53,7 +53,10 @@ EDITS = [
         "attention-mla.import-ck-free-helpers",
         scope="",
         after=stmt("from atom.model_ops.utils import get_and_maybe_dequant_weights"),
-        code="from atom.model_ops.ck_free_mla import to_model_dtype, varlen_causal_attention",
+        code=(
+            "from atom.model_ops.ck_free_mla import "
+            "dequantised, dequantised_kv_rows, varlen_causal_attention"
+        ),
     ),
     # After the import section, so that it does not split an import block in two;
     # in this module's namespace, which the hooks below read.
@@ -98,7 +101,7 @@ EDITS = [
         """,
     ),
     ReplaceStatement(
-        "attention-mla.fp8-scales-for-one-query-token",
+        "attention-mla.fp8-paged-prefill-sm-scale-by-keyword",
         scope="MLAAttention._forward_prefill_mla",
         anchor=if_test('self.kv_cache_dtype.startswith("fp8")'),
         code=snippet(__file__, "paged_prefill.py"),
