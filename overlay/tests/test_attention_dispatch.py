@@ -45,15 +45,21 @@ def test_upstream_routing_with_ck(monkeypatch, head_dim, window):
 @pytest.mark.parametrize("head_dim,window", [(128, None), (256, None), (128, 8)])
 def test_ck_free_routing(monkeypatch, ck, flag, head_dim, window):
     fake, mha = load(ck=ck, monkeypatch=monkeypatch, ck_free=flag)
+    asm = head_dim == 128 and window is None
+    # ASM PA's cache: AITER's Triton RoPE, then kv_cache_asm's writer (not AITER's)
+    update = (
+        "aiter.ops.triton.rope.rope.rope_cached_thd_positions_2c_fwd_inplace"
+        if asm
+        else "aiter.ops.triton.fused_kv_cache.fused_qk_rope_reshape_and_cache"
+    )
     mha_forward(mha, prefill=True, head_dim=head_dim, sliding_window=window)
     assert fake.names() == [
-        "aiter.ops.triton.fused_kv_cache.fused_qk_rope_reshape_and_cache",
+        update,
         "aiter.ops.triton.unified_attention.unified_attention",
     ]
     fake.clear()
     mha_forward(mha, prefill=False, head_dim=head_dim, sliding_window=window)
-    asm = head_dim == 128 and window is None
-    assert fake.names()[0].endswith("fused_qk_rope_reshape_and_cache")
+    assert fake.names()[0] == update
     assert fake.names()[-1] == (
         "aiter.pa_fwd_asm" if asm else "torch.ops.aiter.pa_decode_gluon"
     )
@@ -74,7 +80,9 @@ def test_block_size_1024_persistent_asm_in_ck_free_mode(monkeypatch):
     assert "aiter.pa_persistent_fwd" in fake.names()
 
 
-def test_fp8_per_token_scales_filled_for_asm(monkeypatch):
+def test_fp8_per_token_scales_written_for_asm(monkeypatch):
+    """ASM PA dequantises an FP8 cache per token: the CK-free writer quantises each
+    (token, head) row with its own scale, into the buffers ASM PA reads."""
     _, mha = load(ck=False, monkeypatch=monkeypatch)
     attn, layer, metadata, _ = mha_forward(
         mha, prefill=False, head_dim=128, kv_dtype="fp8"
@@ -83,8 +91,8 @@ def test_fp8_per_token_scales_filled_for_asm(monkeypatch):
     bs = layer.k_scale.shape[-1]
     for buf in (layer.k_scale, layer.v_scale):
         got = buf[written // bs, :, written % bs]
-        assert torch.all(got == attn.kv_scale)
-        assert buf.sum() == attn.kv_scale * written.numel() * buf.shape[1]
+        assert torch.all(got > 0) and got.unique().numel() > 1
+        assert buf.count_nonzero() == got.numel()
     assert attn.kv_scale_float > 1.0  # e4m3fn max / e4m3fnuz max
 
 
@@ -106,15 +114,3 @@ def test_prefill_block_table_vectorised(monkeypatch):
     assert table[0, :3].tolist() == [0, 1, 2]
     assert table[2, 0] == 3 and table[3].tolist() == [4, 5, 6, 7, 8]
     assert int(table.max()) <= 8 and int(table.min()) >= 0
-
-
-def test_per_token_kv_scale_written_at_each_slot(monkeypatch):
-    load(ck=True, monkeypatch=monkeypatch)
-    from atom.model_ops import ck_free_mha
-
-    buf = torch.zeros(2, 3, 4)  # [blocks, kv heads, block size]
-    slots = torch.tensor([[5, -1]])  # block 1 offset 1; a padded slot
-    ck_free_mha.fill_per_token_kv_scale(buf, slots, torch.tensor(0.5))
-    assert buf[1, :, 1].tolist() == [0.5] * 3
-    assert buf[0, :, 0].tolist() == [0.5] * 3  # -1 rewrites slot 0, same scale
-    assert buf.count_nonzero() == 6

@@ -21,7 +21,17 @@ EDITS = [
     AddImport(
         "attention-mha.import-ck-free-helpers",
         "atom.model_ops.ck_free_mha",
-        ("fill_per_token_kv_scale", "prefill_block_table"),
+        ("prefill_block_table",),
+    ),
+    AddImport(
+        "attention-mha.import-asm-cache-writer",
+        "atom.model_ops.kv_cache_asm",
+        ("reshape_and_cache_asm",),
+    ),
+    AddImport(
+        "attention-mha.import-triton-rope",
+        "aiter.ops.triton.rope.rope",
+        ("rope_cached_thd_positions_2c_fwd_inplace",),
     ),
     # The KV scale follows the module to its device (CUDA-graph capture), and a
     # module built on the CPU keeps working.

@@ -45,6 +45,16 @@ def aiter_source() -> pathlib.Path:
     return aiter_source_module.extract(repo, commit)
 
 
+def adapt_to_this_machine(import_module) -> None:
+    """AITER's Triton modules ask the GPU what it is: here the arch lookup answers
+    gfx942 (AITER's MI300X configs and dtypes) and the CU count is a small machine's,
+    for small interpreter grids. Patched in the defining modules before any wrapper
+    imports the names."""
+    arch = import_module("aiter.ops.triton.utils._triton.arch_info")
+    arch.get_arch = lambda: "gfx942"
+    import_module("aiter.ops.triton.utils.device_info").get_num_sms = lambda: 8
+
+
 @pytest.fixture(scope="session")
 def aiter_tree():
     """The ``aiter`` folder of the extracted AITER source."""
@@ -70,15 +80,11 @@ def aiter(aiter_tree):
     guard = types.ModuleType("aiter.jit.utils.torch_guard")
     guard.torch_compile_guard = lambda *args, **kwargs: lambda func: func
     sys.modules[guard.__name__] = guard
-    # No GPU to ask: the arch lookup answers gfx942 (AITER's MI300X configs and dtypes)
-    # and the CU count is a small machine's, for small interpreter grids. Patched in
-    # the defining modules before any wrapper imports the names.
-    arch = importlib.import_module("aiter.ops.triton.utils._triton.arch_info")
-    arch.get_arch = lambda: "gfx942"
-    importlib.import_module("aiter.ops.triton.utils.device_info").get_num_sms = (
-        lambda: 8
-    )
+    adapt_to_this_machine(importlib.import_module)
     yield importlib.import_module
     for name in [n for n in sys.modules if n.split(".")[0] == "aiter"]:
         del sys.modules[name]
     sys.modules.update(saved)
+
+
+from .atom_layers import atom_on_aiter, layer_tree  # noqa: F401

@@ -235,6 +235,44 @@ def test_triton_paged_decode_agrees_with_pa_fwd_asm(aiter, fp8):
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp16", "fp8-per-tensor"])
+def test_triton_paged_decode_agrees_with_pa_decode_gluon(aiter, fp8):
+    """The ``pa_decode_gluon`` stand-in (the Gluon kernel is AMD-only) and AITER's
+    Triton ``paged_attention_decode`` read the same non-ASM cache (K ``[blocks, heads,
+    head // x, block, x]``, V ``[blocks, heads, head, block]``) with one per-tensor
+    scale, as series 2's Triton paged attention hands it over, and agree."""
+    import triton.language as tl
+
+    pa = aiter("aiter.ops.triton.attention.pa_decode")
+    c = contracts()
+    g = torch.Generator().manual_seed(4)
+    head, bs, lens = 64, 16, [9, 21]
+    dtype = torch.float8_e4m3fnuz if fp8 else HALF
+    table, slots = _paged(lens, bs, g)
+    k_cache, v_cache = _asm_caches(dtype, head, bs)  # V as [blocks, heads, head, block]
+    scale = torch.tensor([0.5 if fp8 else 1.0])
+    for s, n in enumerate(lens):
+        k, v = (torch.randn(n, KV_HEADS, head, generator=g).to(HALF) for _ in "kv")
+        c.reshape_and_cache(
+            k, v, k_cache, v_cache, slots[s], "fp8" if fp8 else "auto",
+            scale if fp8 else None, scale if fp8 else None, False,
+        )  # fmt: skip
+    q = torch.randn(len(lens), Q_HEADS, head, generator=g).to(HALF)
+    ctx = torch.tensor(lens, dtype=torch.int32)
+    want = torch.empty_like(q)
+    pa.paged_attention_decode(
+        want, q, c.k_cache_view(k_cache), c.v_cache_view(v_cache, k_cache.shape[-1],
+        head, asm_layout=False), ctx, table, 1 / math.sqrt(head), max(lens),
+        tl.float16, scale, scale,
+    )  # fmt: skip
+    got = torch.empty_like(q)
+    c.pa_decode_gluon(
+        got, q, k_cache, v_cache, ctx, table, 1 / math.sqrt(head), 1, 1, 256,
+        torch.float16, None, scale if fp8 else None, scale if fp8 else None,
+    )  # fmt: skip
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=1e-2)
+
+
 # -- varlen prefill ----------------------------------------------------------------
 
 
@@ -482,3 +520,26 @@ def test_moe_sorting_with_an_expert_mask_renumbers_the_local_experts():
     assert sorted_ids[:4].tolist() == [1, (1 << 24) | 2, (1 << 24) | 0, 2]
     assert expert_ids[:2].tolist() == [0, 1]
     assert (expert_ids[2:] == -1).all() and (sorted_ids[4:] == pad).all()
+
+
+@pytest.mark.parametrize("neox", [True, False], ids=["neox", "gptj"])
+def test_rope_stand_in_is_aiters_triton_rope(aiter, neox):
+    """The RoPE stand-in (what ATOM-side tests run) rotates as AITER's Triton
+    ``rope_cached_thd_positions_2c_fwd_inplace`` does, NeoX and GPT-J, GQA."""
+    rope = aiter("aiter.ops.triton.rope.rope")
+    g = torch.Generator().manual_seed(5)
+    t, head = 5, 64
+    pos, cos, sin = _rope_inputs(t, head, g)
+    q = torch.randn(t, Q_HEADS, head, generator=g).to(HALF)
+    k = torch.randn(t, KV_HEADS, head, generator=g).to(HALF)
+    want_q, want_k = q.clone(), k.clone()
+    rope.rope_cached_thd_positions_2c_fwd_inplace(
+        want_q, want_k, cos, sin, pos, 0 if neox else 1, True, False
+    )
+    got_q, got_k = q.clone(), k.clone()
+    contracts().rope_cached_thd_positions_2c_fwd_inplace(
+        got_q, got_k, cos, sin, pos, 0 if neox else 1, True, False
+    )
+    assert not torch.equal(got_q, q)
+    torch.testing.assert_close(got_q, want_q, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(got_k, want_k, atol=2e-3, rtol=1e-3)

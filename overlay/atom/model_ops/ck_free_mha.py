@@ -1,24 +1,8 @@
 # SPDX-License-Identifier: MIT
-"""The CK-free MHA path's tensor helpers (``attention_mha.py``): per-token KV
-scales for ASM paged attention, and the prefill's block-size-1 block table.
-Both run on the device without host syncs."""
+"""The CK-free MHA path's prefill block table (``attention_mha.py``), built on the
+device without host syncs."""
 
 import torch
-
-
-def fill_per_token_kv_scale(
-    scale_buffer: torch.Tensor, slot_mapping: torch.Tensor, scale: torch.Tensor
-) -> None:
-    """Write the per-tensor ``scale`` into the per-token scale buffer
-    ``[num_blocks, num_kv_heads, block_size]`` at every slot just written, so that
-    ASM paged attention dequantises what the Triton cache kernel quantised with
-    one scale. On the device, no host sync; padded slots (-1) rewrite slot 0 with
-    the same uniform scale."""
-    block_size = scale_buffer.shape[-1]
-    slots = slot_mapping.flatten().long().clamp(min=0)
-    scale_buffer[slots // block_size, :, slots % block_size] = scale.to(
-        device=scale_buffer.device, dtype=scale_buffer.dtype
-    )
 
 
 def prefill_block_table(cu_seqlens_q: torch.Tensor, max_seqlen_q: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import importlib.machinery
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -148,7 +149,12 @@ class FakeAiter:
         )
 
     def install(self) -> FakeAiter:
-        """Put this fake's modules in ``sys.modules`` (again: the same objects)."""
+        """Put this fake's modules in ``sys.modules`` (again: the same objects).
+
+        A fake AITER means no AMD GPU: the Triton kernels of the patched modules
+        (ATOM's own, e.g. ``kv_cache_asm``) run under Triton's interpreter, which
+        must be on when they are defined (at import)."""
+        os.environ.setdefault("TRITON_INTERPRET", "1")
         if not self.modules:
             self.build()
         for name, module in self.modules.items():

@@ -163,6 +163,45 @@ def reshape_and_cache_with_pertoken_quant(
             scales.view(-1)[index.flatten()] = s.flatten()
 
 
+def _rotate(x, cos, sin, neox):
+    """RoPE of ``x`` ``[t, heads, d]`` with per-token ``cos``/``sin`` ``[t, d / 2]``:
+    NeoX rotates the halves ``(x[i], x[i + d/2])``, GPT-J the pairs ``(x[2i],
+    x[2i + 1])``, both by frequency ``i``."""
+    xf = x.float()
+    c, s = cos.float()[:, None, :], sin.float()[:, None, :]
+    if neox:
+        a, b = xf.chunk(2, dim=-1)
+        return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
+    a, b = xf[..., 0::2], xf[..., 1::2]
+    return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(-2)
+
+
+def rope_cached_thd_positions_2c_fwd_inplace(
+    x,
+    y,
+    cos,
+    sin,
+    positions,
+    rotate_style,
+    reuse_freqs_front_part,
+    nope_first,
+    transpose_output=False,
+):
+    """``aiter.ops.triton.rope.rope.rope_cached_thd_positions_2c_fwd_inplace``
+    (``aiter/ops/triton/rope/rope.py:1057-1087``, checks ``:857-876``): RoPE of ``x``
+    ``[t, heads, d]`` and ``y`` ``[t, kv_heads, d]`` in place, at ``positions``
+    ``[t]`` of ``cos``/``sin`` ``[max_pos, d / 2]`` (``reuse_freqs_front_part``: the
+    table holds the first half of the frequencies); ``rotate_style`` 0 is NeoX, 1
+    GPT-J (``RotateStyle``, ``:42-44``). Only the full-rotation case ATOM uses."""
+    if not reuse_freqs_front_part or nope_first or cos.shape[-1] * 2 != x.shape[-1]:
+        raise NotImplementedError("rope stand-in: full rotation with a half table")
+    pos = positions.flatten().long()
+    c, s = cos.reshape(cos.shape[0], -1)[pos], sin.reshape(sin.shape[0], -1)[pos]
+    for t in (x, y):
+        t.copy_(_rotate(t, c, s, rotate_style == 0).to(t.dtype))
+    return x, y
+
+
 def _dtype_max(dtype: torch.dtype) -> float:
     if dtype.is_floating_point:
         return float(torch.finfo(dtype).max)
@@ -231,6 +270,11 @@ def pa_fwd_asm(
         raise NotImplementedError("pa_fwd_asm stand-in: only max_qlen == 1")
     num_blocks, kv_heads, dx, block_size, x = K.shape
     head_size = dx * x
+    if Q.shape[0] != context_lens.shape[0]:
+        raise ValueError(
+            f"pa_fwd_asm: one query token per sequence (max_qlen=1), got "
+            f"{Q.shape[0]} query rows for {context_lens.shape[0]} sequences"
+        )
     if Q.shape[-1] != head_size:
         raise ValueError(f"Q head_size {Q.shape[-1]} != K's {head_size}")
     kf = k_cache_view(K).float()
@@ -261,6 +305,93 @@ def pa_fwd_asm(
         v = vf[ids].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
         out[b] = _attend(Q[b : b + 1], k, v, scale)[0].to(out.dtype)
     return out
+
+
+def pa_decode_gluon(
+    output,
+    query,
+    key_cache,
+    value_cache,
+    context_lengths,
+    block_tables,
+    softmax_scale,
+    query_length,
+    max_context_partition_num,
+    context_partition_size,
+    compute_type,
+    query_scale,
+    key_scale,
+    value_scale,
+    exp_sums=None,
+    max_logits=None,
+    temporary_output=None,
+    alibi_slopes=None,
+    sinks=None,
+    sliding_window=0,
+    ps=False,
+):
+    """``torch.ops.aiter.pa_decode_gluon`` (AITER's Gluon paged decode,
+    ``aiter/ops/triton/gluon/pa_decode_gluon.py:3230-3361``; registered as a torch op
+    through ``aiter/ops/attention.py:14-24``): AMD-only, so a stand-in here.
+
+    ``query``/``output`` ``[num_seqs * query_length, num_heads, head_size]``
+    (``:3231-3232``); ``key_cache`` ``[num_blocks, kv_heads, head_size // x,
+    block_size, x]`` (``:3233``); ``value_cache`` ``[num_blocks, kv_heads, head_size,
+    block_size]`` or, 5-D, the transposed ``[num_blocks, kv_heads, block_size // x,
+    head_size, x]`` (``:3234, 3279-3284``). Scales (``:3312-3325``): per tensor
+    (one element) or per token ``[num_blocks, kv_heads, block_size, 1]``; FP8 keys
+    need them. ``query_length > 1`` is causal within the query block (``:3415``).
+    ``sliding_window > 0`` keeps the last ``sliding_window`` keys of the context
+    (``:1284-1285``). ``sinks`` (one logit per query head) join the softmax's
+    denominator only. The partition buffers only hold intermediates; ``compute_type``
+    picks the kernel's MMA type and the stand-in computes in float32."""
+    if alibi_slopes is not None:
+        raise NotImplementedError("pa_decode_gluon stand-in: no ALiBi")
+    num_blocks, kv_heads, dx, block_size, x = key_cache.shape
+    head_size = dx * x
+    transposed = value_cache.dim() == 5
+    kf = k_cache_view(key_cache).float()
+    vf = v_cache_view(value_cache, x, head_size, asm_layout=transposed).float()
+    fp8 = key_cache.element_size() == 1
+    if fp8 and (key_scale is None or value_scale is None):
+        raise ValueError("pa_decode_gluon: an FP8 cache needs key_scale/value_scale")
+    for sc, cache in ((key_scale, "kf"), (value_scale, "vf")):
+        if sc is None:
+            continue
+        if sc.numel() == 1:
+            factor = sc.float().reshape(())
+        elif tuple(sc.shape) == (num_blocks, kv_heads, block_size, 1):
+            factor = sc.float()
+        else:
+            raise ValueError(f"pa_decode_gluon: scale shape {tuple(sc.shape)}")
+        if cache == "kf":
+            kf = kf * factor
+        else:
+            vf = vf * factor
+    q = query.float()
+    if query_scale is not None:
+        q = q * query_scale.float()
+    heads = query.shape[1]
+    for b in range(query.shape[0] // query_length):
+        n = int(context_lengths[b])
+        nblk = (n + block_size - 1) // block_size
+        ids = block_tables[b, :nblk].long()
+        k = kf[ids].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
+        v = vf[ids].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
+        rows = slice(b * query_length, (b + 1) * query_length)
+        keep = _causal_mask(query_length, n)
+        if sliding_window > 0:
+            keep &= torch.arange(n)[None, :] >= n - sliding_window
+        group = heads // kv_heads
+        kk = k.repeat_interleave(group, dim=1)
+        vv = v.repeat_interleave(group, dim=1)
+        s = torch.einsum("qhd,khd->hqk", q[rows], kk) * softmax_scale
+        s = s.masked_fill(~keep, float("-inf"))
+        if sinks is not None:
+            sink = sinks.float().view(heads, 1, 1).expand(heads, query_length, 1)
+            s = torch.cat([s, sink], dim=-1)
+        p = torch.softmax(s, dim=-1)[..., :n]
+        output[rows] = torch.einsum("hqk,khd->qhd", p, vv).to(output.dtype)
 
 
 def _causal_mask(lq, lk, window_left=-1, window_right=-1, device=None):

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from . import contracts
+
 
 @dataclass
 class Value:
@@ -78,14 +80,6 @@ def _identity_decorator(*args, **kwargs):
 
 def _rope_reshape_and_cache(q, k, v, k_cache, v_cache, *args, **kwargs):
     return q, k, k_cache, v_cache
-
-
-def _empty_like_q(q, *args, **kwargs):
-    return torch.empty_like(q)
-
-
-def _flash_attn_varlen(q, k, v, *args, **kwargs):
-    return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
 def _splits(num_seqs, num_kv_heads, *args, **kwargs):
@@ -157,14 +151,16 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "per_tensor_quant": _per_tensor_quant,
         # MHA cache update and paged attention
         "fused_qk_norm_rope_cache_quant_shuffle": None,
-        "reshape_and_cache": None,
-        "reshape_and_cache_with_pertoken_quant": None,
-        "pa_fwd_asm": _empty_like_q,
+        "reshape_and_cache": contracts.reshape_and_cache,
+        "reshape_and_cache_with_pertoken_quant": (
+            contracts.reshape_and_cache_with_pertoken_quant
+        ),
+        "pa_fwd_asm": contracts.pa_fwd_asm,
         "pa_persistent_fwd": None,
         "get_pa_metadata_info_v1": _pa_metadata_info,
         "get_pa_metadata_v1": None,
         # CK attention
-        "flash_attn_varlen_func": _flash_attn_varlen,
+        "flash_attn_varlen_func": contracts.flash_attn_varlen_func,
         "mha_varlen_fwd": None,
         # MLA
         "concat_and_cache_mla": None,
@@ -179,9 +175,12 @@ ENTRIES: dict[str, dict[str, Any]] = {
         # MoE (moe.py)
         "ck_moe_stage1": None,
         "ck_moe_stage2": None,
-        "moe_sorting_fwd": None,
+        "moe_sorting_fwd": contracts.moe_sorting_fwd,
     },
-    "aiter.mla": {"mla_decode_fwd": None, "mla_prefill_fwd": None},
+    "aiter.mla": {
+        "mla_decode_fwd": contracts.mla_decode_fwd,
+        "mla_prefill_fwd": contracts.mla_prefill_fwd,
+    },
     "aiter.dist": {},
     "aiter.dist.shm_broadcast": {"MessageQueue": None},
     "aiter.dist.parallel_state": {
@@ -205,13 +204,14 @@ ENTRIES: dict[str, dict[str, Any]] = {
         )
     },
     "aiter.utility": {},
-    "aiter.utility.dtypes": {"d_dtypes": const(DTYPES.d_dtypes)},
+    # aiter.dtypes is this module (AITER's aiter/__init__.py imports it so)
+    "aiter.utility.dtypes": {k: const(v) for k, v in vars(DTYPES).items()},
     "aiter.utility.fp4_utils": {
         "e8m0_shuffle": None,
         "e8m0_to_f32": None,
         "mxfp4_to_f32": None,
     },
-    "aiter.fused_moe": {"fused_moe": _moe_out},
+    "aiter.fused_moe": {"fused_moe": contracts.fused_moe},
     "aiter.fused_moe_bf16_asm": {"asm_moe": _moe_out},
     "aiter.ops": {},
     "aiter.ops.shuffle": {
@@ -223,6 +223,12 @@ ENTRIES: dict[str, dict[str, Any]] = {
     "aiter.ops.triton.quant": {"dynamic_mxfp4_quant": None},
     "aiter.ops.triton.fused_kv_cache": {
         "fused_qk_rope_reshape_and_cache": _rope_reshape_and_cache
+    },
+    "aiter.ops.triton.rope": {},
+    "aiter.ops.triton.rope.rope": {
+        "rope_cached_thd_positions_2c_fwd_inplace": (
+            contracts.rope_cached_thd_positions_2c_fwd_inplace
+        )
     },
     "aiter.ops.triton.gluon": {},
     "aiter.ops.triton.gluon.pa_decode_gluon": {"get_recommended_splits": _splits},
@@ -237,7 +243,7 @@ ENTRIES: dict[str, dict[str, Any]] = {
 }
 
 # torch.ops.aiter.<name>
-TORCH_OPS: dict[str, Any] = {"pa_decode_gluon": None}
+TORCH_OPS: dict[str, Any] = {"pa_decode_gluon": contracts.pa_decode_gluon}
 
 # Entry points (and modules) that exist only in an AITER built with CK (absent
 # with ck=False).

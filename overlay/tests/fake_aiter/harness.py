@@ -52,9 +52,12 @@ def mha_forward(
     tokens = sum(q_lens)
     cu_q = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
     cu_k = torch.tensor([0] + list(torch.tensor(seqlens).cumsum(0)), dtype=torch.int32)
-    num_blocks = 8
-    x = 8
+    per_seq = -(-max(seqlens) // block_size)  # blocks a sequence's context fills
+    num_blocks = max(8, bs * per_seq)
     cache_dtype = torch.bfloat16 if kv_dtype == "bf16" else torch.float8_e4m3fnuz
+    x = 16 // cache_dtype.itemsize  # as ATOM's model_runner allocates it
+    # per-token scale buffers only with an FP8 cache (model_runner.py:1087-1092)
+    scales = kv_dtype != "bf16"
     layer = types.SimpleNamespace(
         k_cache=torch.zeros(
             num_blocks, num_kv_heads, head_dim // x, block_size, x, dtype=cache_dtype
@@ -62,8 +65,8 @@ def mha_forward(
         v_cache=torch.zeros(
             num_blocks, num_kv_heads, head_dim, block_size, dtype=cache_dtype
         ),
-        k_scale=torch.zeros(num_blocks, num_kv_heads, block_size),
-        v_scale=torch.zeros(num_blocks, num_kv_heads, block_size),
+        k_scale=torch.zeros(num_blocks, num_kv_heads, block_size) if scales else None,
+        v_scale=torch.zeros(num_blocks, num_kv_heads, block_size) if scales else None,
     )
     metadata = AttentionMetaData(
         cu_seqlens_q=cu_q,
@@ -72,7 +75,7 @@ def mha_forward(
         max_seqlen_k=max(seqlens),
         slot_mapping=torch.arange(tokens, dtype=torch.int64),
         context_lens=torch.tensor(seqlens, dtype=torch.int32),
-        block_tables=torch.arange(bs * 2, dtype=torch.int32).view(bs, 2),
+        block_tables=torch.arange(bs * per_seq, dtype=torch.int32).view(bs, per_seq),
         kv_indptr=torch.arange(bs + 1, dtype=torch.int32),
         kv_indices=torch.arange(bs, dtype=torch.int32),
     )
