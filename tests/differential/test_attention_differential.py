@@ -163,16 +163,22 @@ def with_mla_grid(fn):
 
 
 def run_mla(entry, label, phase, kv_dtype, max_seqlen_q):
+    """The calls of one MLA phase; a call outside a kernel's contract (upstream's:
+    its FP8 paged prefill hands mla_decode_fwd a float page_size) ends the trace
+    with the stand-in's refusal."""
     torch.manual_seed(0)
     entry["fake"].clear()
     module = entry[label]["mla"]
-    if phase == "prefill":
-        lens = (4, 1, 3) if max_seqlen_q > 1 else (1, 1, 1)
-        mla_prefill_mha(module, lens=lens, kv_dtype=kv_dtype)
-    elif phase == "prefill_paged":
-        mla_prefill_paged(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
-    else:
-        mla_decode(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
+    try:
+        if phase == "prefill":
+            lens = (4, 1, 3) if max_seqlen_q > 1 else (1, 1, 1)
+            mla_prefill_mha(module, lens=lens, kv_dtype=kv_dtype)
+        elif phase == "prefill_paged":
+            mla_prefill_paged(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
+        else:
+            mla_decode(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
+    except TypeError as refused:
+        return [*entry["fake"].trace, ("refused", str(refused))]
     return list(entry["fake"].trace)
 
 
@@ -189,8 +195,13 @@ def test_mla_flag_off_with_ck_is_upstream(
     if not intended_difference(phase, kv_dtype, max_seqlen_q):
         assert patched == pin
         return
-    # the pin: (..., max_seqlen_q, scale, 0.0, None) positionally
-    [(name, args, kwargs)] = pin
+    # the pin: (..., max_seqlen_q, scale, 0.0, None) positionally, which the
+    # mla_decode_fwd stand-in refuses (page_size is an int of kv_buffer's shape)
+    [(name, args, kwargs), refused] = pin
+    assert refused == (
+        "refused",
+        "mla_decode_fwd: page_size=0.3 (an int, kv_buffer.shape[1] = 1)",
+    )
     [(p_name, p_args, p_kwargs)] = patched
     assert name == p_name == "aiter.mla.mla_decode_fwd"
     assert args[8:] == (0.3, 0.0, None)  # the harness's MLAAttention scale is 0.3
