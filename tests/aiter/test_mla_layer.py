@@ -142,8 +142,8 @@ def _latent_case(size, fp8_cache, device, dtype, fp8, indices, seed):
         kv_indices = torch.cat([kv_indices, unset])
     lens = torch.tensor(size.lens)
     kv_indptr = torch.cat([torch.zeros(1), lens.cumsum(0)]).to(torch.int32)
-    moved = [t.to(device) for t in (q, cache, kv_indptr, kv_indices)]
-    return (*moved, r_q.double() * Q_SCALE, r_kv.double() * K_SCALE)
+    true = (r_q.double() * Q_SCALE, r_kv.double() * K_SCALE)
+    return tuple(t.to(device) for t in (q, cache, kv_indptr, kv_indices, *true))
 
 
 def _absorbed_mla(q, kv_rows, kv_indptr, kv_indices, lora, scale):
@@ -201,11 +201,9 @@ def test_decode_matches_absorbed_mla(
     meta = _decode_metadata(kv_indptr, kv_indices, len(size.lens), device)
     atom.fake.clear()
     got = attn._forward_decode(q, cache, meta)
-    want = _absorbed_mla(
-        true_q, true_rows, kv_indptr.cpu(), kv_indices.cpu(), size.lora, scale
-    )
+    want = _absorbed_mla(true_q, true_rows, kv_indptr, kv_indices, size.lora, scale)
     assert got.dtype == dtype and got.shape == want.shape
-    torch.testing.assert_close(got.cpu().double(), want, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
     # which kernel ran: the stand-in is recorded; AITER's real Triton kernel is not
     assert atom.fake.names() == ([kernel] if kernel != TRITON else [])
 
@@ -251,7 +249,7 @@ def test_prefill_matches_causal_attention(atom_on_aiter, size, ck, env, flash):
         meta,
     )
     # the reference: k = [kv_b_proj(c) nope part, k_rope], v = its v part, causal
-    # within each sequence, then o_proj; in float64
+    # within each sequence, then o_proj; in float64 on the CPU
     w_kv = attn.kv_b_proj.weight.cpu().double()
     w_o = attn.o_proj.weight.cpu().double()
     kv = (kv_c.to(dtype).double() @ w_kv.T).view(t, size.heads, -1)
@@ -302,9 +300,7 @@ def test_paged_prefill_matches_absorbed_mla(atom_on_aiter, size, kv_dtype, ck, e
     meta = _decode_metadata(kv_indptr, kv_indices, len(size.lens), device)
     atom.fake.clear()
     got = attn._forward_prefill_mla(q, cache, meta)
-    want = _absorbed_mla(
-        true_q, true_rows, kv_indptr.cpu(), kv_indices.cpu(), size.lora, scale
-    )
-    torch.testing.assert_close(got.cpu().double(), want, atol=2e-2, rtol=2e-2)
+    want = _absorbed_mla(true_q, true_rows, kv_indptr, kv_indices, size.lora, scale)
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
     entry = "mla_decode_fwd" if kv_dtype == "fp8" else "mla_prefill_fwd"
     assert atom.fake.names() == [f"aiter.mla.{entry}"]
