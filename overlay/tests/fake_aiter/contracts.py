@@ -202,6 +202,23 @@ def rope_cached_thd_positions_2c_fwd_inplace(
     return x, y
 
 
+def rope_cached_positions_2c_fwd_inplace(
+    input_x, input_y, cos, sin, positions, rotate_style, reuse_freqs_front_part,
+    nope_first,
+):  # fmt: skip
+    """``aiter.rope_cached_positions_2c_fwd_inplace`` (HIP, ``aiter/ops/rope.py:833-858``,
+    what ATOM's ``RotaryEmbedding.forward`` calls): the same rotation as the Triton
+    one above on ``sbhd`` tensors ``[s, b, heads, d]`` with ``positions`` ``[s, b]``
+    and ``cos``/``sin`` ``[max_pos, 1, 1, d / 2]``, in place."""
+    x = input_x.reshape(-1, *input_x.shape[-2:])
+    y = input_y.reshape(-1, *input_y.shape[-2:])
+    rope_cached_thd_positions_2c_fwd_inplace(
+        x, y, cos, sin, positions, rotate_style, reuse_freqs_front_part, nope_first
+    )
+    input_x.copy_(x.view_as(input_x))
+    input_y.copy_(y.view_as(input_y))
+
+
 def _dtype_max(dtype: torch.dtype) -> float:
     if dtype.is_floating_point:
         return float(torch.finfo(dtype).max)
