@@ -203,7 +203,7 @@ def test_triton_decode_missing_is_a_clear_error(monkeypatch):
         mla.triton_mla_decode_kernel()
 
 
-# -- the paged MLA prefill (_forward_prefill_mla): FP8 scales and dtype casts --
+# -- the paged MLA prefill (_forward_prefill_mla) -------------------------------
 
 
 def _paged_prefill(mla, max_seqlen_q, kv_dtype, b=3):
@@ -216,7 +216,7 @@ def _paged_prefill(mla, max_seqlen_q, kv_dtype, b=3):
         kv_last_page_lens=torch.ones(b, dtype=torch.int32),
         max_seqlen_q=max_seqlen_q,
     )
-    dtype = torch.float8_e4m3fnuz if kv_dtype == "fp8" else torch.bfloat16
+    dtype = torch.float8_e4m3fnuz if kv_dtype == "fp8" else torch.float32
     attn.kv_cache_dtype = "fp8" if kv_dtype == "fp8" else "auto"
     q = torch.randn(b * max_seqlen_q, H, LORA + ROPE).to(dtype)
     cache = torch.randn(16, 1, LORA + ROPE).to(dtype)
@@ -230,72 +230,75 @@ MODES = pytest.mark.parametrize(
 
 
 @MODES
-def test_fp8_scales_only_for_one_query_token(monkeypatch, ck, flag):
+def test_fp8_paged_prefill_passes_sm_scale_by_keyword(monkeypatch, ck, flag):
+    """mla_decode_fwd's 9th and 10th parameters are page_size and nhead_kv
+    (aiter/mla.py); the scale goes by name."""
     fake, mla = load(monkeypatch, ck=ck, ck_free=flag)
     _paged_prefill(mla, 1, "fp8")
     [(name, args, kwargs)] = fake.trace
     assert name == "aiter.mla.mla_decode_fwd"
     assert args[0][2] == "float8_e4m3fnuz" and args[1][2] == "float8_e4m3fnuz"
-    assert args[7] == 1  # max_seqlen_q
-    assert {k for k, _ in kwargs} == {"q_scale", "kv_scale"}
+    assert len(args) == 8 and args[7] == 1  # ... max_seqlen_q, then keywords
+    assert dict(kwargs)["sm_scale"] == 0.3
+    assert {k for k, _ in kwargs} == {"sm_scale", "logit_cap", "q_scale", "kv_scale"}
 
 
-@MODES
-@pytest.mark.parametrize("max_seqlen_q", [2, 5])
-def test_fp8_longer_queries_go_to_prefill_in_model_dtype(
-    monkeypatch, ck, flag, max_seqlen_q
-):
-    fake, mla = load(monkeypatch, ck=ck, ck_free=flag)
-    _paged_prefill(mla, max_seqlen_q, "fp8")
+def test_model_dtype_paged_prefill_is_upstreams_call(monkeypatch):
+    fake, mla = load(monkeypatch)
+    _paged_prefill(mla, 1, "auto")
     [(name, args, kwargs)] = fake.trace
     assert name == "aiter.mla.mla_prefill_fwd"
-    assert args[0][2] == "float32" and args[1][2] == "float32"  # the model dtype
-    assert args[7] == max_seqlen_q
-    assert kwargs == ()  # no FP8 scales
+    assert args[7:] == (1, 0.3, 0.0, None) and kwargs == ()
 
 
-@pytest.mark.parametrize("max_seqlen_q", [1, 3])
-def test_bf16_cache_is_cast_to_model_dtype(monkeypatch, max_seqlen_q):
-    fake, mla = load(monkeypatch)
-    _paged_prefill(mla, max_seqlen_q, "bf16")
-    [(name, args, _)] = fake.trace
-    assert name == "aiter.mla.mla_prefill_fwd"
-    assert args[0][2] == "float32" and args[1][2] == "float32"
+# -- FP8 for the Triton MLA decode (ck_free_mla) ---------------------------------
 
 
-def test_same_dtype_is_passed_through_unchanged(monkeypatch):
-    _, mla = load(monkeypatch)
-    q = torch.randn(4, H, LORA + ROPE)
-    cache = torch.randn(16, 1, LORA + ROPE)
-    seen = []
-    monkeypatch.setattr(
-        mla, "mla_prefill_fwd", lambda q_, kv, *a: seen.append((q_, kv))
-    )
-    attn = make_attention(mla)
-    attn._v_up_proj_and_o_proj = lambda o: o
-    meta = types.SimpleNamespace(
-        kv_indptr=torch.tensor([0, 16], dtype=torch.int32),
-        kv_indices=torch.arange(16, dtype=torch.int32),
-        cu_seqlens_q=torch.tensor([0, 4], dtype=torch.int32),
-        kv_last_page_lens=torch.ones(1, dtype=torch.int32),
-        max_seqlen_q=4,
-    )
-    attn._forward_prefill_mla(q, cache, meta)
-    [(q_seen, kv_seen)] = seen
-    assert q_seen is q  # no copy when the dtype already matches
-    assert kv_seen.data_ptr() == cache.data_ptr()
-
-
-def test_fp8_cast_dequantises_with_the_per_tensor_scale(monkeypatch):
+def test_fp8_is_dequantised_with_the_per_tensor_scale(monkeypatch):
     load(monkeypatch)
     from atom.model_ops import ck_free_mla
 
     x = (torch.randn(6, 2, 8) * 4).to(torch.float8_e4m3fnuz)
     scale = torch.tensor(0.25)
-    got = ck_free_mla.to_model_dtype(x, torch.bfloat16, scale)
+    got = ck_free_mla.dequantised(x, scale, torch.bfloat16)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, (x.double() * 0.25).to(torch.bfloat16))
-    plain = ck_free_mla.to_model_dtype(
-        torch.ones(3, dtype=torch.float16), torch.float32, scale
+    same = torch.ones(3)
+    assert ck_free_mla.dequantised(same, scale, torch.float32) is same
+    plain = ck_free_mla.dequantised(
+        torch.ones(3, dtype=torch.float16), scale, torch.float32
     )
     torch.testing.assert_close(plain, torch.ones(3))  # not FP8: no scale applied
+
+
+@pytest.mark.parametrize("num_indices", [5, 16, 40])
+def test_dequantised_kv_rows_read_as_the_cache(monkeypatch, num_indices):
+    """rows[indices[p]] is the dequantised cache[kv_indices[p]] wherever
+    kv_indices names a row; fewer indices than rows gathers only those rows."""
+    load(monkeypatch)
+    from atom.model_ops import ck_free_mla
+
+    g = torch.Generator().manual_seed(num_indices)
+    cache = (torch.randn(16, 1, 12, generator=g) * 4).to(torch.float8_e4m3fnuz)
+    kv_indices = torch.randint(0, 16, (num_indices,), generator=g, dtype=torch.int32)
+    kv_indices[-1] = 1 << 20  # an unset entry past the batch: clamped, never read
+    scale = torch.tensor(0.5)
+    rows, indices = ck_free_mla.dequantised_kv_rows(
+        cache, kv_indices, scale, torch.float16
+    )
+    assert rows.dtype == torch.float16 and indices.dtype == torch.int32
+    assert rows.shape[0] == min(num_indices, 16)
+    used = slice(0, num_indices - 1)
+    want = (cache.float() * 0.5)[kv_indices[used].long()]
+    torch.testing.assert_close(rows[indices[used].long()].float(), want)
+
+
+def test_model_dtype_cache_rows_are_the_cache(monkeypatch):
+    load(monkeypatch)
+    from atom.model_ops import ck_free_mla
+
+    cache, kv_indices = torch.randn(8, 1, 4), torch.arange(3, dtype=torch.int32)
+    rows, indices = ck_free_mla.dequantised_kv_rows(
+        cache, kv_indices, torch.tensor(2.0), torch.float32
+    )
+    assert rows is cache and indices is kv_indices

@@ -11,7 +11,6 @@ from atom_ckfree.edits import (
     ReplaceStatement,
     WrapInCondition,
     defn,
-    if_test,
     matching,
     snippet,
     stmt,
@@ -27,6 +26,8 @@ from aiter import (
     get_hip_quant,
 )
 """
+
+SELF_SCALE = m.Attribute(value=m.Name("self"), attr=m.Name("scale"))
 
 EDITS = [
     ReplaceStatement(
@@ -53,7 +54,10 @@ EDITS = [
         "attention-mla.import-ck-free-helpers",
         scope="",
         after=stmt("from atom.model_ops.utils import get_and_maybe_dequant_weights"),
-        code="from atom.model_ops.ck_free_mla import to_model_dtype, varlen_causal_attention",
+        code=(
+            "from atom.model_ops.ck_free_mla import "
+            "dequantised, dequantised_kv_rows, varlen_causal_attention"
+        ),
     ),
     # After the import section, so that it does not split an import block in two;
     # in this module's namespace, which the hooks below read.
@@ -97,11 +101,29 @@ EDITS = [
             )
         """,
     ),
+    # Upstream hands its scale to mla_decode_fwd as the 9th positional argument,
+    # which is page_size there; the call without it is the applied form.
     ReplaceStatement(
-        "attention-mla.fp8-scales-for-one-query-token",
+        "attention-mla.fp8-paged-prefill-sm-scale-by-keyword",
         scope="MLAAttention._forward_prefill_mla",
-        anchor=if_test('self.kv_cache_dtype.startswith("fp8")'),
-        code=snippet(__file__, "paged_prefill.py"),
+        anchor=matching(
+            m.SimpleStatementLine(
+                body=[
+                    m.Expr(
+                        value=m.Call(
+                            func=m.Name("mla_decode_fwd"),
+                            args=[
+                                m.ZeroOrMore(),
+                                m.Arg(value=SELF_SCALE, keyword=None),
+                                m.ZeroOrMore(),
+                            ],
+                        )
+                    )
+                ]
+            ),
+            "`mla_decode_fwd(..., self.scale, ...)` (the scale positional)",
+        ),
+        code=snippet(__file__, "fp8_paged_prefill_call.py"),
     ),
     InsertStatements(
         "attention-mla.triton-decode",

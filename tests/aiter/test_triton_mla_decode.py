@@ -56,9 +56,10 @@ def test_triton_mla_decode_agrees_with_mla_decode_fwd(aiter):
 
 
 def test_triton_mla_decode_rejects_an_fp8_cache_with_a_bf16_query(aiter):
-    """Issue 19, finding #2 (a known bug of series 3, documented here): the FP8 latent
-    cache reaches ``tl.dot`` against the bf16 query and Triton refuses it. A fix that
-    dequantises the cache (or quantises q) makes this call work and this test fail."""
+    """Issue 19, finding #2, at kernel level: an FP8 latent cache reaches ``tl.dot``
+    against the bf16 query and Triton refuses it. AITER's kernel stays so; series 3
+    dequantises the query and the cache rows before calling it
+    (test_mla_layer.py: the FP8 decode cases)."""
     g = torch.Generator().manual_seed(2)
     kv, pages, kv_indptr = _case(torch.bfloat16, g)
     kv = kv.float().to(torch.float8_e4m3fnuz)

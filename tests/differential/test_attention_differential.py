@@ -148,14 +148,12 @@ MLA = [
 def intended_difference(phase, kv_dtype, max_seqlen_q) -> bool:
     """The one MLA cell where the patch changes the pin on purpose, flag off too.
 
-    The pin's _forward_prefill_mla gives every FP8 prefill to mla_decode_fwd with
-    FP8 scales, whatever max_seqlen_q; mla_decode_fwd supports FP8 scales for
-    one query token per sequence only (the RFC's "mla_decode_fwd limitation").
-    Upstream only reaches this method on the sparse (DeepSeek-V3.2) path, which
-    forces max_seqlen_q to 1, so no reachable upstream call changes; a paged
-    FP8 prefill of longer queries would call the kernel outside its support, so
-    the fix (mla_prefill_fwd on Q/KV cast to the model dtype) applies always."""
-    return phase == "prefill_paged" and kv_dtype == "fp8" and max_seqlen_q > 1
+    The pin's _forward_prefill_mla passes its scale to mla_decode_fwd (FP8) as the
+    9th positional argument, which is page_size in AITER's mla_decode_fwd
+    (aiter/mla.py: ..., max_seqlen_q, page_size, nhead_kv, sm_scale, logit_cap);
+    the patch passes sm_scale and logit_cap by keyword. Upstream reaches this on
+    the sparse (DeepSeek-V3.2) path with an FP8 cache."""
+    return phase == "prefill_paged" and kv_dtype == "fp8"
 
 
 def with_mla_grid(fn):
@@ -165,16 +163,22 @@ def with_mla_grid(fn):
 
 
 def run_mla(entry, label, phase, kv_dtype, max_seqlen_q):
+    """The calls of one MLA phase; a call outside a kernel's contract (upstream's:
+    its FP8 paged prefill hands mla_decode_fwd a float page_size) ends the trace
+    with the stand-in's refusal."""
     torch.manual_seed(0)
     entry["fake"].clear()
     module = entry[label]["mla"]
-    if phase == "prefill":
-        lens = (4, 1, 3) if max_seqlen_q > 1 else (1, 1, 1)
-        mla_prefill_mha(module, lens=lens, kv_dtype=kv_dtype)
-    elif phase == "prefill_paged":
-        mla_prefill_paged(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
-    else:
-        mla_decode(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
+    try:
+        if phase == "prefill":
+            lens = (4, 1, 3) if max_seqlen_q > 1 else (1, 1, 1)
+            mla_prefill_mha(module, lens=lens, kv_dtype=kv_dtype)
+        elif phase == "prefill_paged":
+            mla_prefill_paged(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
+        else:
+            mla_decode(module, max_seqlen_q=max_seqlen_q, kv_dtype=kv_dtype)
+    except TypeError as refused:
+        return [*entry["fake"].trace, ("refused", str(refused))]
     return list(entry["fake"].trace)
 
 
@@ -191,17 +195,19 @@ def test_mla_flag_off_with_ck_is_upstream(
     if not intended_difference(phase, kv_dtype, max_seqlen_q):
         assert patched == pin
         return
-    # the pin: FP8 Q and cache with scales into mla_decode_fwd, max_seqlen_q > 1
-    [(name, args, kwargs)] = pin
-    assert name == "aiter.mla.mla_decode_fwd" and args[7] == max_seqlen_q
-    assert {k for k, _ in kwargs} == {"q_scale", "kv_scale"}
-    # patched: the same call to mla_prefill_fwd, Q and cache in the model dtype
+    # the pin: (..., max_seqlen_q, scale, 0.0, None) positionally, which the
+    # mla_decode_fwd stand-in refuses (page_size is an int of kv_buffer's shape)
+    [(name, args, kwargs), refused] = pin
+    assert refused == (
+        "refused",
+        "mla_decode_fwd: page_size=0.3 (an int, kv_buffer.shape[1] = 1)",
+    )
     [(p_name, p_args, p_kwargs)] = patched
-    model = ("float32",)  # the harness's MLAAttention dtype
-    assert p_name == "aiter.mla.mla_prefill_fwd" and p_kwargs == ()
-    assert p_args[0][2:] == model and p_args[1][2:] == model
-    assert p_args[0][:2] == args[0][:2] and p_args[1][:2] == args[1][:2]
-    assert p_args[2:] == args[2:]
+    assert name == p_name == "aiter.mla.mla_decode_fwd"
+    assert args[8:] == (0.3, 0.0, None)  # the harness's MLAAttention scale is 0.3
+    # patched: the same call, sm_scale and logit_cap by keyword
+    assert p_args == args[:8]
+    assert dict(p_kwargs) == {"sm_scale": 0.3, "logit_cap": 0.0, **dict(kwargs)}
 
 
 @pytest.mark.parametrize(
@@ -218,9 +224,9 @@ def test_mla_ck_free_routing(
     if phase == "prefill":
         assert names == []  # batched SDPA in torch, no AITER call
     elif phase == "prefill_paged":
-        fp8_scales = kv_dtype == "fp8" and max_seqlen_q == 1
+        fp8 = kv_dtype == "fp8"
         assert names == [
-            "aiter.mla.mla_decode_fwd" if fp8_scales else "aiter.mla.mla_prefill_fwd"
+            "aiter.mla.mla_decode_fwd" if fp8 else "aiter.mla.mla_prefill_fwd"
         ]
     elif max_seqlen_q == 1:
         assert names == [

@@ -1,12 +1,8 @@
 # SPDX-License-Identifier: MIT
-"""The CK-free MLA path's tensor helpers, without host syncs or loops over
-sequences: the batched SDPA prefill and the dequantisation for
-``mla_prefill_fwd`` (``attention_mla.py``), and the paged KV metadata of a
-prefill batch (``attentions/aiter_mla.py``)."""
+"""The CK-free MLA path's tensor helpers (``attention_mla.py``), without host
+syncs or loops over sequences: the batched SDPA prefill, and the FP8 latent
+cache and query dequantised for AITER's Triton MLA decode."""
 
-import itertools
-
-import numpy as np
 import torch
 
 
@@ -56,74 +52,44 @@ def varlen_causal_attention(
     return out.transpose(1, 2)[q_seq, q_pos]
 
 
-def to_model_dtype(
-    x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor
-) -> torch.Tensor:
-    """``x`` as ``dtype`` for ``mla_prefill_fwd``, which takes no FP8 scales:
-    unchanged when it already is, dequantised by its per-tensor ``scale`` when
-    it is FP8, plainly cast otherwise."""
+def dequantised(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
+    """``x`` in ``dtype``: an FP8 ``x`` times its per-tensor ``scale`` (ATOM's
+    FP8 MLA cache and query hold ``value / scale``: ``concat_and_cache_mla`` and
+    ``fused_qk_rope_concat_and_cache_mla`` quantise with ``self._k_scale`` and
+    ``self._q_scale``); any other ``x`` cast (unchanged when already ``dtype``)."""
     if x.dtype == dtype:
         return x
     y = x.to(dtype)
-    if x.dtype.is_floating_point and x.element_size() == 1:
+    if x.element_size() == 1 and x.dtype.is_floating_point:
         y.mul_(scale.to(device=y.device, dtype=dtype))
     return y
 
 
-def block_table_slots(
-    block_tables: torch.Tensor, context_lens: torch.Tensor, ratio: int
-) -> torch.Tensor:
-    """Block tables of ``ratio``-token blocks as tables of single-token slots.
+def dequantised_kv_rows(
+    kv_buffer: torch.Tensor,
+    kv_indices: torch.Tensor,
+    scale: torch.Tensor,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, indices)``: the latent cache ``kv_buffer`` (``[num_rows, ...]``)
+    in ``dtype``, for a kernel that reads row ``indices[p]`` where it read
+    ``kv_buffer[kv_indices[p]]``.
 
-    Row b, column t is ``block_tables[b, t // ratio] * ratio + t % ratio`` for
-    ``t < context_lens[b]`` and -1 past the end of the sequence (the layout of
-    ``block_table_convert_triton``). Shape ``[B, W * ratio]``."""
-    width = block_tables.shape[1] * ratio
-    t = torch.arange(width, device=block_tables.device)
-    slots = block_tables.index_select(1, t // ratio) * ratio + (t % ratio).to(
-        block_tables.dtype
+    AITER's Triton MLA decode has no FP8 cache path (its ``tl.dot`` refuses an FP8
+    cache against a bf16 query, and it takes no KV scale), so an FP8 cache is
+    dequantised first. When ``kv_indices`` is shorter than the cache, only the
+    rows it names are gathered (in its order; ``indices`` becomes ``0, 1, ...``),
+    otherwise the whole cache is dequantised and the indices stay. Both sizes are
+    tensor shapes, not values: no host sync, and the same kernels on every replay
+    of a CUDA graph. Entries of ``kv_indices`` past the batch's last one (stale or
+    unset) are clamped into the cache; the kernel never reads their rows."""
+    if kv_buffer.dtype == dtype:
+        return kv_buffer, kv_indices
+    num_rows = kv_buffer.shape[0]
+    if kv_indices.numel() >= num_rows:
+        return dequantised(kv_buffer, scale, dtype), kv_indices
+    rows = kv_buffer.index_select(0, kv_indices.long().clamp(0, num_rows - 1))
+    positions = torch.arange(
+        kv_indices.numel(), dtype=kv_indices.dtype, device=kv_indices.device
     )
-    valid = t.unsqueeze(0) < context_lens.unsqueeze(1)
-    return torch.where(valid, slots, torch.full_like(slots, -1))
-
-
-def paged_kv_indptr(context_lens: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out[: B + 1] = [0, cumsum(context_lens)]`` (pages of one token)."""
-    bs = context_lens.shape[0]
-    out[0] = 0
-    torch.cumsum(context_lens, 0, out=out[1 : bs + 1])
-    return out[: bs + 1]
-
-
-def paged_kv_indices(
-    slot_tables: torch.Tensor,
-    kv_indptr: torch.Tensor,
-    total: int,
-    out: torch.Tensor,
-) -> torch.Tensor:
-    """``out[:total]``: the slots of all sequences, one after the other.
-
-    Entry p belongs to sequence b with ``kv_indptr[b] <= p < kv_indptr[b + 1]``
-    and is ``slot_tables[b, p - kv_indptr[b]]``. ``total`` (the sum of the
-    context lengths) is a host integer, known to the builder."""
-    p = torch.arange(total, device=slot_tables.device)
-    seq = torch.searchsorted(kv_indptr[1:], p.to(kv_indptr.dtype), right=True)
-    col = p - kv_indptr.index_select(0, seq).to(p.dtype)
-    out[:total] = slot_tables[seq, col].to(out.dtype)
-    return out[:total]
-
-
-def fill_block_tables(dst: np.ndarray, block_tables) -> None:
-    """Rows of ``dst`` = the (ragged) ``block_tables``, zero padded, in one
-    scatter rather than a loop over sequences."""
-    lens = np.fromiter((len(bt) for bt in block_tables), dtype=np.int64)
-    bs = lens.shape[0]
-    dst[:bs] = 0
-    if not lens.sum():
-        return
-    flat = np.fromiter(
-        itertools.chain.from_iterable(block_tables), dtype=dst.dtype, count=lens.sum()
-    )
-    rows = np.repeat(np.arange(bs), lens)
-    cols = np.arange(flat.shape[0]) - np.repeat(np.cumsum(lens) - lens, lens)
-    dst[rows, cols] = flat
+    return dequantised(rows, scale, dtype), positions

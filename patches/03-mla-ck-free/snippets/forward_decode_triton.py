@@ -5,7 +5,14 @@ def _forward_decode_triton(self, q, kv_buffer, paged_kv_indptr, paged_kv_indices
     o = torch.empty(
         B, self.num_heads, self.kv_lora_rank, dtype=self.dtype, device=q.device
     )
-    k_buffer = kv_buffer.reshape(-1, 1, q.shape[-1])
+    # The kernel has no FP8 path: an FP8 query and the FP8 cache rows the batch
+    # reads go to it dequantised, in the model dtype (ck_free_mla).
+    k_buffer, kv_indices = dequantised_kv_rows(
+        kv_buffer.reshape(-1, 1, q.shape[-1]),
+        paged_kv_indices,
+        self._k_scale,
+        self.dtype,
+    )
     attn_logits = torch.empty(
         B,
         self.num_heads,
@@ -15,12 +22,12 @@ def _forward_decode_triton(self, q, kv_buffer, paged_kv_indptr, paged_kv_indices
         device=q.device,
     )
     triton_mla_decode_kernel()(
-        q.to(self.dtype),
+        dequantised(q, self._q_scale, self.dtype),
         k_buffer,
         k_buffer[..., : self.kv_lora_rank],
         o,
         paged_kv_indptr,
-        paged_kv_indices,
+        kv_indices,
         None,
         self.kv_lora_rank,
         self.qk_rope_head_dim,
