@@ -28,7 +28,6 @@ computes bf16 arithmetic wrongly, see test_contracts.py); on a GPU (``gpu``, wit
 
 from __future__ import annotations
 
-import os
 import types
 
 import pytest
@@ -37,8 +36,6 @@ import torch
 from . import reference
 
 pytestmark = pytest.mark.aiter
-
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def _sizes(**kw):
@@ -55,22 +52,19 @@ MODEL = _sizes(
     lens=(37, 1000, 4096, 513),
     hidden=7168,
 )
-SIZES = pytest.mark.parametrize(
-    "size",
-    [
-        pytest.param(SMALL, id="small"),
-        pytest.param(MODEL, id="model", marks=pytest.mark.gpu),
-    ],
-)
+
+
+@pytest.fixture
+def size(device):
+    """Small sizes on the CPU, a DeepSeek-V3 layer's on a GPU (conftest.py)."""
+    return MODEL if device == "cuda" else SMALL
 
 
 def _device_dtypes(size):
-    """(device, model dtype, FP8 dtype): a GPU's with bf16 and e4m3fn (an H200) when
-    there is one, else the CPU's with fp16 and gfx942's e4m3fnuz."""
-    if ON_GPU:
-        return "cuda", torch.bfloat16, torch.float8_e4m3fn
+    """(device, model dtype, FP8 dtype): a GPU's with bf16 and e4m3fn (an H200),
+    else the CPU's with fp16 and gfx942's e4m3fnuz."""
     if size is MODEL:
-        pytest.skip("model sizes need a GPU (and TRITON_INTERPRET=0)")
+        return "cuda", torch.bfloat16, torch.float8_e4m3fn
     return "cpu", torch.float16, torch.float8_e4m3fnuz
 
 
@@ -183,7 +177,6 @@ DECODE_ROUTES = [
 ]
 
 
-@SIZES
 @pytest.mark.parametrize("indices", ["exact", "buffer"])
 @pytest.mark.parametrize("kv_dtype", ["auto", "fp8"])
 @pytest.mark.parametrize("ck,env,kernel", DECODE_ROUTES)
@@ -220,7 +213,6 @@ def _ragged(lens, device):
     )
 
 
-@SIZES
 @pytest.mark.parametrize(
     "ck,env,flash",
     [
@@ -273,7 +265,6 @@ def test_prefill_matches_causal_attention(atom_on_aiter, size, ck, env, flash):
     assert ("aiter.flash_attn_varlen_func" in atom.fake.names()) == flash
 
 
-@SIZES
 @pytest.mark.parametrize("kv_dtype", ["auto", "fp8"])
 @pytest.mark.parametrize(
     "ck,env",
