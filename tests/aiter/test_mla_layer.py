@@ -32,6 +32,7 @@ import types
 
 import pytest
 import torch
+from fake_aiter import harness
 
 from . import reference
 
@@ -151,22 +152,6 @@ def _absorbed_mla(q, kv_rows, kv_indptr, kv_indices, lora, scale):
     return torch.cat(out)
 
 
-def _decode_metadata(kv_indptr, kv_indices, batch, device):
-    return types.SimpleNamespace(
-        kv_indptr=kv_indptr,
-        kv_indices=kv_indices,
-        cu_seqlens_q=torch.arange(batch + 1, dtype=torch.int32, device=device),
-        kv_last_page_lens=torch.ones(batch, dtype=torch.int32, device=device),
-        max_seqlen_q=1,
-        work_meta_data=None,
-        work_indptr=None,
-        work_info_set=None,
-        reduce_indptr=None,
-        reduce_final_map=None,
-        reduce_partial_map=None,
-    )
-
-
 TRITON = "decode_attention_fwd_grouped_rope"
 DECODE_ROUTES = [
     pytest.param(False, {"ATOM_CK_FREE": "1"}, TRITON, id="no-ck-flag-on"),
@@ -191,7 +176,7 @@ def test_decode_matches_absorbed_mla(
     q, cache, kv_indptr, kv_indices, true_q, true_rows = _latent_case(
         size, kv_dtype == "fp8", device, dtype, fp8, indices, seed=len(size.lens)
     )
-    meta = _decode_metadata(kv_indptr, kv_indices, len(size.lens), device)
+    meta = harness.mla_decode_metadata(len(size.lens), 1, kv_indptr, kv_indices, device)
     atom.fake.clear()
     got = attn._forward_decode(q, cache, meta)
     want = _absorbed_mla(true_q, true_rows, kv_indptr, kv_indices, size.lora, scale)
@@ -288,7 +273,7 @@ def test_paged_prefill_matches_absorbed_mla(atom_on_aiter, size, kv_dtype, ck, e
     q, cache, kv_indptr, kv_indices, true_q, true_rows = _latent_case(
         size, kv_dtype == "fp8", device, dtype, fp8, "exact", seed=11
     )
-    meta = _decode_metadata(kv_indptr, kv_indices, len(size.lens), device)
+    meta = harness.mla_decode_metadata(len(size.lens), 1, kv_indptr, kv_indices, device)
     atom.fake.clear()
     got = attn._forward_prefill_mla(q, cache, meta)
     want = _absorbed_mla(true_q, true_rows, kv_indptr, kv_indices, size.lora, scale)

@@ -158,13 +158,20 @@ def mla_prefill_mha(module, lens=(4, 1, 3), kv_dtype="bf16"):
     )
 
 
-def mla_decode_metadata(batch=3, max_seqlen_q=1):
-    """Decode metadata of ``batch`` (≤ 3) sequences over a 6-page KV cache."""
+def mla_decode_metadata(
+    batch=3, max_seqlen_q=1, kv_indptr=None, kv_indices=None, device=None
+):
+    """Decode metadata of ``batch`` sequences: by default (``batch`` ≤ 3) over a
+    6-page KV cache, or over the pages ``kv_indptr``/``kv_indices`` give."""
+    if kv_indptr is None:
+        kv_indptr = torch.tensor([0, 2, 5, 6], dtype=torch.int32)[: batch + 1]
+        kv_indices = torch.arange(6, dtype=torch.int32)
     return types.SimpleNamespace(
-        kv_indptr=torch.tensor([0, 2, 5, 6], dtype=torch.int32)[: batch + 1],
-        kv_indices=torch.arange(6, dtype=torch.int32),
-        cu_seqlens_q=torch.arange(batch + 1, dtype=torch.int32) * max_seqlen_q,
-        kv_last_page_lens=torch.ones(batch, dtype=torch.int32),
+        kv_indptr=kv_indptr,
+        kv_indices=kv_indices,
+        cu_seqlens_q=torch.arange(batch + 1, dtype=torch.int32, device=device)
+        * max_seqlen_q,
+        kv_last_page_lens=torch.ones(batch, dtype=torch.int32, device=device),
         max_seqlen_q=max_seqlen_q,
         work_meta_data=None,
         work_indptr=None,
