@@ -1,0 +1,308 @@
+"""The patched ATOM's FP8 MoE methods end to end on each backend of the cascade.
+
+``Fp8MoEMethod`` and ``CompressedTensorsFp8MoEMethod`` are built, given FP8 weights
+and scales as a checkpoint has them, run through ``process_weights_after_loading``
+(each backend's requantisation and weight layout) and ``apply`` with a fixed routing,
+and their output is compared with a dense MoE written here from the definition::
+
+    out[t] = sum_j w[t, j] * W2[e] @ (silu(W1[e] @ x[t]) * (W3[e] @ x[t])),  e = ids[t, j]
+
+over the FP8 weights dequantised with the checkpoint's scales (per tensor: one scale
+for w1, one for w3, one for w2 per expert; per 1x128: one per 128x128 block). The
+backends:
+
+* Triton: the overlay's own kernels (``triton_moe.py``), under the Triton interpreter
+  on the CPU;
+* FlyDSL: its two-stage GEMM builders as torch stand-ins held to FlyDSL's real source
+  (``flydsl_kernels``); FlyDSL has no block-scale GEMM, so block FP8 falls to Triton;
+* CK: ``aiter.fused_moe.fused_moe`` through its stand-in (``contracts.fused_moe``), on
+  weights shuffled by AITER's real ``shuffle_weight`` (``aiter/ops/shuffle.py`` of the
+  AITER source). ``CompressedTensorsFp8MoEMethod``'s CK path is AITER's ASM
+  ``asm_moe``, which has no stand-in yet: not run here.
+
+Tolerance: the backends quantise the activations (input and intermediate) to e4m3, 3
+mantissa bits: about 3-5 % relative error norm-wise against the unquantised
+reference (``tests/kernels/test_triton_moe.py`` derives it); a wrong scale (the
+checkpoint's scales differ up to 3x), expert, shard or layout is far beyond.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import os
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.aiter import flydsl_kernels
+
+pytestmark = pytest.mark.aiter
+
+TOL = 8e-2
+BLOCK = 128  # per_1x128: one scale per 128 x 128 block
+METHODS = ("Fp8MoEMethod", "CompressedTensorsFp8MoEMethod")
+QUANTS = ("per_Tensor", "per_1x128")
+
+
+def _on_gpu() -> bool:
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def problem_sizes():
+    """The MoE sizes to run: small ones on the CPU, a model's on a GPU (marked gpu)."""
+    small = {"E": 4, "H": 256, "N": 128, "M": 5, "top_k": 2, "device": "cpu"}
+    if not _on_gpu():
+        return [pytest.param(small, id="small")]
+    large = {"E": 16, "H": 2048, "N": 768, "M": 64, "top_k": 4, "device": "cuda"}
+    return [pytest.param(large, id="large", marks=pytest.mark.gpu)]
+
+
+# -- the reference -----------------------------------------------------------------
+
+
+def dequantised(w, scale, quant, halves):
+    """float64 ``w * scale``: per tensor ``scale`` [E] or [E, 2] (w1 then w3 rows, when
+    ``halves``), per 1x128 ``scale`` [E, rows / 128, cols / 128]."""
+    wf, s = w.double(), scale.double()
+    if quant == "per_1x128":
+        s = s.repeat_interleave(BLOCK, 1).repeat_interleave(BLOCK, 2)
+        return wf * s[:, : w.shape[1], : w.shape[2]]
+    if halves:
+        return wf * s.repeat_interleave(w.shape[1] // 2, 1)[:, :, None]
+    return wf * s[:, None, None]
+
+
+def dense_moe(x, w13, w2, weights, ids):
+    """The MoE of the definition, in float64, token by token."""
+    inter = w2.shape[2]
+    out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            e = int(ids[t, j])
+            gate_up = w13[e] @ x[t].double()
+            h = F.silu(gate_up[:inter]) * gate_up[inter:]
+            out[t] += float(weights[t, j]) * (w2[e] @ h)
+    return out
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+# -- the layer -----------------------------------------------------------------------
+
+
+def checkpoint_layer(moe, method, quant, size, seed=0):
+    """A layer of ``method`` holding FP8 weights and scales as loaded from a
+    checkpoint; returns it with the float64 dequantised (w13, w2) they stand for."""
+    E, H, N, dev = size["E"], size["H"], size["N"], size["device"]
+    layer = torch.nn.Module()
+    method.create_weights(layer, E, H, N, torch.bfloat16)
+    layer.local_num_experts = E
+    layer.intermediate_size_per_partition = N
+    layer.num_fused_shared_experts = 0
+    layer.routed_scaling_factor = 1.0
+    g = torch.Generator().manual_seed(seed)
+    fp8 = layer.w13_weight.dtype
+    loaded = {
+        "w13_weight": (torch.randn(E, 2 * N, H, generator=g) * 0.5).to(fp8),
+        "w2_weight": (torch.randn(E, H, N, generator=g) * 0.5).to(fp8),
+    }
+    for name in ("w13_weight_scale", "w2_weight_scale"):
+        shape = getattr(layer, name).shape
+        loaded[name] = torch.rand(shape, generator=g) * 0.02 + 0.01
+    for name, value in loaded.items():
+        getattr(layer, name).data = value.clone().to(dev)
+    layer.to(dev)
+    w13 = dequantised(
+        loaded["w13_weight"], loaded["w13_weight_scale"], quant, halves=True
+    )
+    w2 = dequantised(loaded["w2_weight"], loaded["w2_weight_scale"], quant, False)
+    return layer, w13.to(dev), w2.to(dev)
+
+
+def fixed_routing(size, seed=1):
+    """Each token to ``top_k`` distinct experts, weights summing to 1."""
+    g = torch.Generator().manual_seed(seed)
+    M, E, k = size["M"], size["E"], size["top_k"]
+    ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(M)])
+    weights = torch.rand(M, k, generator=g) + 0.1
+    weights = weights / weights.sum(-1, keepdim=True)
+    return weights.to(size["device"]), ids.to(torch.int32).to(size["device"])
+
+
+def run_layer(moe, monkeypatch, method_name, quant, size):
+    """Build, load, process and apply one MoE layer; (method, output, reference)."""
+    from aiter import QuantType
+
+    from atom.config import QuantizationConfig
+
+    cfg = QuantizationConfig(
+        quant_type=QuantType[quant],
+        quant_dtype=torch.float8_e4m3fnuz,  # the fake AITER is a gfx942
+        is_dynamic=True,
+    )
+    method = getattr(moe, method_name)(cfg, None)
+    layer, w13, w2 = checkpoint_layer(moe, method, quant, size)
+    method.process_weights_after_loading(layer)
+    weights, ids = fixed_routing(size)
+    monkeypatch.setattr(
+        moe.FusedMoE, "select_experts", staticmethod(lambda *a, **k: (weights, ids))
+    )
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(size["M"], size["H"], generator=g).to(torch.bfloat16)
+    x = x.to(size["device"])
+    logits = torch.zeros(size["M"], size["E"], device=size["device"])
+    out = method.apply(layer, x, logits, size["top_k"], True)
+    return method, out, dense_moe(x, w13, w2, weights, ids)
+
+
+def patched_moe(atom, monkeypatch):
+    """The patched ``atom.model_ops.moe``, on ATOM's real ``atom.config`` (its
+    ``QuantizationConfig``; atom_on_aiter stubs the module for attention)."""
+    monkeypatch.delitem(sys.modules, "atom.config")
+    return atom.module("atom.model_ops.moe")
+
+
+# -- the backends --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", problem_sizes())
+@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("method_name", METHODS)
+def test_triton_pipeline_matches_the_dense_moe(
+    atom_on_aiter, monkeypatch, method_name, quant, size
+):
+    atom = atom_on_aiter(ck=False, env={"ATOM_CK_FREE": "1"})
+    moe = patched_moe(atom, monkeypatch)
+    method, out, ref = run_layer(moe, monkeypatch, method_name, quant, size)
+    assert method.moe_backend == "triton"
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < TOL
+    assert not atom.fake.touched_ck_moe()
+
+
+@pytest.mark.parametrize("size", problem_sizes())
+@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("method_name", METHODS)
+def test_flydsl_backend_matches_the_dense_moe(
+    atom_on_aiter, monkeypatch, method_name, quant, size
+):
+    atom = atom_on_aiter(
+        ck=False, env={"ATOM_CK_FREE": "1", "ATOM_USE_FLYDSL_MOE": "1"}
+    )
+    kernels = flydsl_kernels.install(monkeypatch)
+    moe = patched_moe(atom, monkeypatch)
+    method, out, ref = run_layer(moe, monkeypatch, method_name, quant, size)
+    built = kernels.compile_moe_gemm1.calls + kernels.compile_moe_gemm2.calls
+    if quant == "per_1x128":  # FlyDSL MoE has no block-scale GEMM
+        assert method.moe_backend == "triton" and not built
+    else:
+        assert method.moe_backend == "flydsl"
+        (gemm1,), (gemm2,) = (
+            kernels.compile_moe_gemm1.calls,
+            kernels.compile_moe_gemm2.calls,
+        )
+        dims = {"model_dim": size["H"], "inter_dim": size["N"], "experts": size["E"]}
+        assert dims.items() <= gemm1.items() and dims.items() <= gemm2.items()
+        assert not gemm1["doweight_stage1"] and gemm2["doweight_stage2"]
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < TOL
+    assert not atom.fake.touched_ck_moe()
+
+
+@pytest.mark.parametrize("size", problem_sizes())
+@pytest.mark.parametrize("quant", QUANTS)
+def test_ck_fused_moe_matches_the_dense_moe(atom_on_aiter, monkeypatch, quant, size):
+    atom = atom_on_aiter(ck=True, env={"ATOM_CK_FREE": "0"})
+    moe = patched_moe(atom, monkeypatch)
+    method, out, ref = run_layer(moe, monkeypatch, "Fp8MoEMethod", quant, size)
+    assert method.moe_backend == "ck"
+    assert "aiter.fused_moe.fused_moe" in atom.fake.names()
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < TOL
+
+
+# -- series 1: gfx950 block_m ----------------------------------------------------------
+
+# What one matmul_ogs program of ATOM's Triton MoE (fused_moe_triton.py: bf16
+# activations x MXFP4 weights) keeps in LDS, from triton_kernels' AMD launch choices
+# (triton-lang/triton python/triton_kernels/triton_kernels/matmul_ogs_details/:
+# opt_flags.py make_default_opt_flags_amd, opt_flags_details/opt_flags_amd.py
+# compute_block_nk): block_k = one 128-byte cache line of the narrower operand
+# (128 / 0.5 B of MXFP4 = 256); the CDNA4 bf16 x MXFP4 configuration block_n = 128,
+# block_k = 256; num_stages = 2, each stage an A tile (block_m x block_k bf16) and a
+# B tile (block_k x block_n MXFP4). CDNA4's default block_m is 256 (opt_flags.py, for
+# many tokens per expert or bitwise invariance). gfx950 (MI355X) has 160 KiB of LDS
+# per CU (AMD Instinct MI355X / CDNA4 ISA).
+GFX950_LDS_BYTES = 160 * 1024
+CDNA4_DEFAULT_BLOCK_M = 256
+TILE_BLOCK_K, TILE_BLOCK_N, NUM_STAGES = 256, 128, 2
+BF16_BYTES, MXFP4_BYTES = 2, 0.5
+
+
+def matmul_ogs_lds_bytes(block_m: int) -> float:
+    a_tile = block_m * TILE_BLOCK_K * BF16_BYTES
+    b_tile = TILE_BLOCK_K * TILE_BLOCK_N * MXFP4_BYTES
+    return NUM_STAGES * (a_tile + b_tile)
+
+
+def largest_block_m_in_lds(lds_bytes: int) -> int:
+    """The largest power-of-two block_m (16 up to the default) whose tiles fit."""
+    fits = [
+        bm
+        for bm in (16, 32, 64, 128, 256)
+        if bm <= CDNA4_DEFAULT_BLOCK_M and matmul_ogs_lds_bytes(bm) <= lds_bytes
+    ]
+    return max(fits)
+
+
+def _module(monkeypatch, name, **attrs):
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    module.__path__ = []
+    module.__dict__.update(attrs)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def triton_kernels_constraints(monkeypatch) -> dict:
+    """An importable ``triton_kernels`` (the names fused_moe_triton.py imports) whose
+    ``update_opt_flags_constraints`` merges into the returned dict, as the real one
+    merges into its module's ``_opt_flags_constraints``."""
+    constraints: dict = {}
+    _module(monkeypatch, "triton_kernels")
+    _module(monkeypatch, "triton_kernels.swiglu", swiglu_fn=None)
+    names = ("FnSpecs", "FusedActivation", "matmul_ogs", "PrecisionConfig")
+    _module(
+        monkeypatch,
+        "triton_kernels.matmul_ogs",
+        **{n: type(n, (), {}) for n in names},  # types: annotations use them
+    )
+    _module(monkeypatch, "triton_kernels.routing", routing=None)
+    _module(monkeypatch, "triton_kernels.matmul_ogs_details")
+    _module(
+        monkeypatch,
+        "triton_kernels.matmul_ogs_details.opt_flags",
+        update_opt_flags_constraints=constraints.update,
+    )
+    return constraints
+
+
+@pytest.mark.parametrize("gfx", ["gfx950", "gfx942"])
+def test_triton_moe_block_m_fits_the_gfx950_lds(atom_on_aiter, monkeypatch, gfx):
+    assert matmul_ogs_lds_bytes(CDNA4_DEFAULT_BLOCK_M) > GFX950_LDS_BYTES
+    atom = atom_on_aiter(ck=True)
+    monkeypatch.setattr(
+        sys.modules["aiter.jit.utils.chip_info"], "get_gfx", lambda: gfx
+    )
+    constraints = triton_kernels_constraints(monkeypatch)
+    atom.module("atom.model_ops.fused_moe_triton")
+    if gfx == "gfx950":
+        assert constraints == {"block_m": largest_block_m_in_lds(GFX950_LDS_BYTES)}
+    else:  # CDNA3's default block_m is 128: left to triton_kernels
+        assert constraints == {}
