@@ -44,8 +44,6 @@ pytestmark = pytest.mark.aiter
 
 TOL = 8e-2
 BLOCK = 128  # per_1x128: one scale per 128 x 128 block
-METHODS = ("Fp8MoEMethod", "CompressedTensorsFp8MoEMethod")
-QUANTS = ("per_Tensor", "per_1x128")
 
 
 def _on_gpu() -> bool:
@@ -66,27 +64,35 @@ def problem_sizes():
 
 def dequantised(w, scale, quant, halves):
     """float64 ``w * scale``: per tensor ``scale`` [E] or [E, 2] (w1 then w3 rows, when
-    ``halves``), per 1x128 ``scale`` [E, rows / 128, cols / 128]."""
+    ``halves``), per channel [E, rows, 1], per 1x128 [E, rows / 128, cols / 128]."""
     wf, s = w.double(), scale.double()
     if quant == "per_1x128":
         s = s.repeat_interleave(BLOCK, 1).repeat_interleave(BLOCK, 2)
         return wf * s[:, : w.shape[1], : w.shape[2]]
+    if quant == "per_Token":
+        return wf * s.reshape(w.shape[0], w.shape[1], 1)
     if halves:
         return wf * s.repeat_interleave(w.shape[1] // 2, 1)[:, :, None]
     return wf * s[:, None, None]
 
 
-def dense_moe(x, w13, w2, weights, ids):
-    """The MoE of the definition, in float64, token by token."""
+def dense_moe(x, w13, w2, weights, ids, experts):
+    """The MoE of the definition, in float64, token by token; ``experts`` maps a
+    routed expert id to its index in ``w13``/``w2`` (those not in it add nothing).
+    Returns the output and the largest |intermediate| (for static scales)."""
     inter = w2.shape[2]
     out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    h_max = 0.0
     for t in range(x.shape[0]):
         for j in range(ids.shape[1]):
-            e = int(ids[t, j])
+            e = experts.get(int(ids[t, j]))
+            if e is None:
+                continue
             gate_up = w13[e] @ x[t].double()
             h = F.silu(gate_up[:inter]) * gate_up[inter:]
+            h_max = max(h_max, h.abs().max().item())
             out[t] += float(weights[t, j]) * (w2[e] @ h)
-    return out
+    return out, h_max
 
 
 def rel_err(out, ref):
@@ -96,10 +102,10 @@ def rel_err(out, ref):
 # -- the layer -----------------------------------------------------------------------
 
 
-def checkpoint_layer(moe, method, quant, size, seed=0):
+def checkpoint_layer(method, quant, size, num_experts, seed=0):
     """A layer of ``method`` holding FP8 weights and scales as loaded from a
     checkpoint; returns it with the float64 dequantised (w13, w2) they stand for."""
-    E, H, N, dev = size["E"], size["H"], size["N"], size["device"]
+    E, H, N, dev = num_experts, size["H"], size["N"], size["device"]
     layer = torch.nn.Module()
     method.create_weights(layer, E, H, N, torch.bfloat16)
     layer.local_num_experts = E
@@ -135,30 +141,51 @@ def fixed_routing(size, seed=1):
     return weights.to(size["device"]), ids.to(torch.int32).to(size["device"])
 
 
-def run_layer(moe, monkeypatch, method_name, quant, size):
-    """Build, load, process and apply one MoE layer; (method, output, reference)."""
+def run_layer(moe, monkeypatch, method_name, quant, size, *, static=False, local=None):
+    """Build, load, process and apply one MoE layer; (method, output, reference).
+
+    ``static``: the checkpoint carries activation scales (calibrated on this input,
+    amax / FP8 max of the input and of the intermediate). ``local``: the experts of
+    ``size["E"]`` this rank holds (expert parallelism: ATOM's ``FusedMoE`` hands
+    ``apply`` its ``expert_mask``, 1 for each local expert, one slot more for the
+    fused shared experts' sentinel)."""
     from aiter import QuantType
 
     from atom.config import QuantizationConfig
 
+    dev = size["device"]
+    local = list(range(size["E"])) if local is None else local
     cfg = QuantizationConfig(
         quant_type=QuantType[quant],
         quant_dtype=torch.float8_e4m3fnuz,  # the fake AITER is a gfx942
-        is_dynamic=True,
+        is_dynamic=not static,
     )
     method = getattr(moe, method_name)(cfg, None)
-    layer, w13, w2 = checkpoint_layer(moe, method, quant, size)
-    method.process_weights_after_loading(layer)
+    layer, w13, w2 = checkpoint_layer(method, quant, size, len(local))
     weights, ids = fixed_routing(size)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(size["M"], size["H"], generator=g).to(torch.bfloat16).to(dev)
+    ref, h_max = dense_moe(
+        x, w13, w2, weights, ids, {e: i for i, e in enumerate(local)}
+    )
+    if static:
+        fmax = torch.finfo(torch.float8_e4m3fn).max  # the checkpoint's FP8
+        for name, amax in (
+            ("w13_input_scale", x.abs().max().item()),
+            ("w2_input_scale", h_max),
+        ):
+            getattr(layer, name).data.fill_(amax / fmax)
+    method.process_weights_after_loading(layer)
     monkeypatch.setattr(
         moe.FusedMoE, "select_experts", staticmethod(lambda *a, **k: (weights, ids))
     )
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(size["M"], size["H"], generator=g).to(torch.bfloat16)
-    x = x.to(size["device"])
-    logits = torch.zeros(size["M"], size["E"], device=size["device"])
-    out = method.apply(layer, x, logits, size["top_k"], True)
-    return method, out, dense_moe(x, w13, w2, weights, ids)
+    mask = None
+    if len(local) < size["E"]:
+        mask = torch.zeros(size["E"] + 1, dtype=torch.int32, device=dev)
+        mask[local] = 1
+    logits = torch.zeros(size["M"], size["E"], device=dev)
+    out = method.apply(layer, x, logits, size["top_k"], True, expert_map=mask)
+    return method, out, ref
 
 
 def patched_moe(atom, monkeypatch):
@@ -170,61 +197,109 @@ def patched_moe(atom, monkeypatch):
 
 # -- the backends --------------------------------------------------------------------
 
+# (ck, environment) of each backend: the fake AITER with or without CK
+BACKENDS = {
+    "triton": (False, {"ATOM_CK_FREE": "1"}),
+    "flydsl": (False, {"ATOM_CK_FREE": "1", "ATOM_USE_FLYDSL_MOE": "1"}),
+    "ck": (True, {"ATOM_CK_FREE": "0"}),
+}
+# The checkpoints each method loads: per tensor, per output channel (compressed
+# tensors' per_Token) and per 1x128 block.
+CASES = [
+    ("Fp8MoEMethod", "per_Tensor"),
+    ("Fp8MoEMethod", "per_1x128"),
+    ("CompressedTensorsFp8MoEMethod", "per_Tensor"),
+    ("CompressedTensorsFp8MoEMethod", "per_Token"),
+    ("CompressedTensorsFp8MoEMethod", "per_1x128"),
+]
+
+
+def backend(atom_on_aiter, monkeypatch, name):
+    """(atom, the patched moe module, FlyDSL's stand-in kernels or None)."""
+    ck, env = BACKENDS[name]
+    atom = atom_on_aiter(ck=ck, env=env)
+    kernels = flydsl_kernels.install(monkeypatch) if name == "flydsl" else None
+    return atom, patched_moe(atom, monkeypatch), kernels
+
+
+def check_output(atom, method, out, ref, backend_name):
+    assert method.moe_backend == backend_name
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < TOL
+    if backend_name == "ck":
+        assert "aiter.fused_moe.fused_moe" in atom.fake.names()
+    else:
+        assert not atom.fake.touched_ck_moe()
+
 
 @pytest.mark.parametrize("size", problem_sizes())
-@pytest.mark.parametrize("quant", QUANTS)
-@pytest.mark.parametrize("method_name", METHODS)
+@pytest.mark.parametrize("method_name, quant", CASES)
 def test_triton_pipeline_matches_the_dense_moe(
     atom_on_aiter, monkeypatch, method_name, quant, size
 ):
-    atom = atom_on_aiter(ck=False, env={"ATOM_CK_FREE": "1"})
-    moe = patched_moe(atom, monkeypatch)
+    atom, moe, _ = backend(atom_on_aiter, monkeypatch, "triton")
     method, out, ref = run_layer(moe, monkeypatch, method_name, quant, size)
-    assert method.moe_backend == "triton"
-    assert out.shape == ref.shape and out.dtype == torch.bfloat16
-    assert rel_err(out, ref) < TOL
-    assert not atom.fake.touched_ck_moe()
+    check_output(atom, method, out, ref, "triton")
 
 
 @pytest.mark.parametrize("size", problem_sizes())
-@pytest.mark.parametrize("quant", QUANTS)
-@pytest.mark.parametrize("method_name", METHODS)
+@pytest.mark.parametrize("method_name, quant", CASES)
 def test_flydsl_backend_matches_the_dense_moe(
     atom_on_aiter, monkeypatch, method_name, quant, size
 ):
-    atom = atom_on_aiter(
-        ck=False, env={"ATOM_CK_FREE": "1", "ATOM_USE_FLYDSL_MOE": "1"}
-    )
-    kernels = flydsl_kernels.install(monkeypatch)
-    moe = patched_moe(atom, monkeypatch)
+    atom, moe, kernels = backend(atom_on_aiter, monkeypatch, "flydsl")
     method, out, ref = run_layer(moe, monkeypatch, method_name, quant, size)
-    built = kernels.compile_moe_gemm1.calls + kernels.compile_moe_gemm2.calls
+    gemm1, gemm2 = kernels.compile_moe_gemm1.calls, kernels.compile_moe_gemm2.calls
     if quant == "per_1x128":  # FlyDSL MoE has no block-scale GEMM
-        assert method.moe_backend == "triton" and not built
-    else:
-        assert method.moe_backend == "flydsl"
-        (gemm1,), (gemm2,) = (
-            kernels.compile_moe_gemm1.calls,
-            kernels.compile_moe_gemm2.calls,
-        )
-        dims = {"model_dim": size["H"], "inter_dim": size["N"], "experts": size["E"]}
-        assert dims.items() <= gemm1.items() and dims.items() <= gemm2.items()
-        assert not gemm1["doweight_stage1"] and gemm2["doweight_stage2"]
-    assert out.shape == ref.shape and out.dtype == torch.bfloat16
-    assert rel_err(out, ref) < TOL
-    assert not atom.fake.touched_ck_moe()
+        assert not gemm1 + gemm2
+        check_output(atom, method, out, ref, "triton")
+        return
+    check_output(atom, method, out, ref, "flydsl")
+    dims = {"model_dim": size["H"], "inter_dim": size["N"], "experts": size["E"]}
+    assert len(gemm1) == len(gemm2) == 1
+    assert dims.items() <= gemm1[0].items() and dims.items() <= gemm2[0].items()
+    assert not gemm1[0]["doweight_stage1"] and gemm2[0]["doweight_stage2"]
 
 
 @pytest.mark.parametrize("size", problem_sizes())
-@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("quant", ["per_Tensor", "per_1x128"])
 def test_ck_fused_moe_matches_the_dense_moe(atom_on_aiter, monkeypatch, quant, size):
-    atom = atom_on_aiter(ck=True, env={"ATOM_CK_FREE": "0"})
-    moe = patched_moe(atom, monkeypatch)
+    atom, moe, _ = backend(atom_on_aiter, monkeypatch, "ck")
     method, out, ref = run_layer(moe, monkeypatch, "Fp8MoEMethod", quant, size)
-    assert method.moe_backend == "ck"
-    assert "aiter.fused_moe.fused_moe" in atom.fake.names()
-    assert out.shape == ref.shape and out.dtype == torch.bfloat16
-    assert rel_err(out, ref) < TOL
+    check_output(atom, method, out, ref, "ck")
+
+
+@pytest.mark.parametrize("size", problem_sizes())
+@pytest.mark.parametrize(
+    "name, method_name, runs_on",
+    [
+        ("triton", "Fp8MoEMethod", "triton"),
+        ("triton", "CompressedTensorsFp8MoEMethod", "triton"),
+        ("flydsl", "Fp8MoEMethod", "triton"),  # FlyDSL quantises dynamically only
+        ("ck", "Fp8MoEMethod", "ck"),
+    ],
+)
+def test_static_activation_scales_match_the_dense_moe(
+    atom_on_aiter, monkeypatch, name, method_name, runs_on, size
+):
+    atom, moe, _ = backend(atom_on_aiter, monkeypatch, name)
+    method, out, ref = run_layer(
+        moe, monkeypatch, method_name, "per_Tensor", size, static=True
+    )
+    check_output(atom, method, out, ref, runs_on)
+
+
+@pytest.mark.parametrize("size", problem_sizes())
+@pytest.mark.parametrize("name", BACKENDS)
+def test_expert_parallel_rank_adds_only_its_experts(
+    atom_on_aiter, monkeypatch, name, size
+):
+    atom, moe, _ = backend(atom_on_aiter, monkeypatch, name)
+    local = list(range(1, size["E"], 2))  # every other expert
+    method, out, ref = run_layer(
+        moe, monkeypatch, "Fp8MoEMethod", "per_Tensor", size, local=local
+    )
+    check_output(atom, method, out, ref, name)
 
 
 # -- series 1: gfx950 block_m ----------------------------------------------------------
