@@ -302,6 +302,44 @@ def test_expert_parallel_rank_adds_only_its_experts(
     check_output(atom, method, out, ref, name)
 
 
+@pytest.mark.parametrize("size", problem_sizes())
+@pytest.mark.parametrize("name", BACKENDS)
+def test_router_weight_on_input_matches_the_dense_moe(
+    atom_on_aiter, monkeypatch, name, size
+):
+    """``apply_router_weight_on_input`` (top_k 1, Llama 4): the experts see the
+    token already scaled by its routing weight, ``W2 @ (silu(W1 @ (w x)) * (W3 @
+    (w x)))``; CK's ``doweight_stage1`` scales the gate/up GEMM's output, the same
+    thing (AITER ``aiter/fused_moe.py:1364-1366``, ``torch_moe_stage1``)."""
+    atom, moe, _ = backend(atom_on_aiter, monkeypatch, name)
+    from aiter import QuantType
+
+    from atom.config import QuantizationConfig
+
+    cfg = QuantizationConfig(
+        quant_type=QuantType.per_Tensor,
+        quant_dtype=torch.float8_e4m3fnuz,
+        is_dynamic=True,
+    )
+    method = moe.Fp8MoEMethod(cfg, None)
+    layer, w13, w2 = checkpoint_layer(method, "per_Tensor", size, size["E"])
+    method.process_weights_after_loading(layer)
+    dev, M = size["device"], size["M"]
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, size["E"], (M, 1), generator=g).to(torch.int32).to(dev)
+    weights = (torch.rand(M, 1, generator=g) + 0.5).to(dev)
+    x = torch.randn(M, size["H"], generator=g).to(torch.bfloat16).to(dev)
+    monkeypatch.setattr(
+        moe.FusedMoE, "select_experts", staticmethod(lambda *a, **k: (weights, ids))
+    )
+    logits = torch.zeros(M, size["E"], device=dev)
+    out = method.apply(layer, x, logits, 1, True, apply_router_weight_on_input=True)
+    scaled = x.double() * weights.double()
+    experts = {e: e for e in range(size["E"])}
+    ref, _ = dense_moe(scaled, w13, w2, torch.ones_like(weights), ids, experts)
+    check_output(atom, method, out, ref, name)
+
+
 # -- series 1: gfx950 block_m ----------------------------------------------------------
 
 # What one matmul_ogs program of ATOM's Triton MoE (fused_moe_triton.py: bf16
