@@ -8,6 +8,8 @@ it the stand-ins take, with ``ast`` (nothing of FlyDSL is copied or run):
 * the keyword-only signature of ``compile_moe_gemm1`` / ``compile_moe_gemm2``
   (``kernels/moe/moe_gemm_2stage/gemm{1,2}.py``): a call with a name FlyDSL does not
   have, or without one it needs, raises ``TypeError`` as the real builder would;
+* the shape asserts at the top of the kernel builders they call (tile sizes,
+  divisibility of the model and intermediate dims), evaluated on each build;
 * the parameter names of the launchers they return (``launch_moe_gemm1`` /
   ``launch_moe_gemm2``): the positional arguments are bound to those names, and the
   torch computation reads each tensor through the name FlyDSL gives its slot (the
@@ -107,15 +109,57 @@ def _builder_signature(node: ast.FunctionDef) -> inspect.Signature:
 
 
 class Contract:
-    """What FlyDSL's source says of one builder: its signature, its launcher's
-    parameter names."""
+    """What FlyDSL's source says of one builder: its signature, the shape asserts
+    of the kernel builder it calls, its launcher's parameter names."""
 
     def __init__(self, builder: str):
         path, launcher = SOURCES[builder]
         tree = ast.parse(flydsl_source(path))
         self.builder = builder
+        self.path = path
         self.signature = _builder_signature(_function(tree, builder))
+        (kernel_builder,) = [
+            n.func.id
+            for n in ast.walk(_function(tree, builder))
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name)
+            and n.func.id.startswith("_build_")
+        ]
+        self.builder_body = _function(tree, kernel_builder).body
         self.launcher_params = [a.arg for a in _function(tree, launcher).args.args]
+
+
+_PLAIN_BUILTINS = {"int": int, "max": max, "min": min, "str": str, "bool": bool}
+
+
+def check_shape_asserts(contract: Contract, config: dict) -> None:
+    """Run the ``assert`` statements at the top of FlyDSL's kernel builder (tile
+    and divisibility constraints) on ``config``: its plain assignments are
+    evaluated in order (``K = int(model_dim)`` ...); one that needs FlyDSL itself
+    (``fx.``, the GPU's arch) leaves its name unknown, and an assert naming an
+    unknown is left out."""
+    env = {"__builtins__": _PLAIN_BUILTINS, **config}
+    where = contract.path
+    for stmt in contract.builder_body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target = stmt.targets[0]
+            if isinstance(target, ast.Name):
+                try:
+                    env[target.id] = eval(
+                        compile(ast.Expression(stmt.value), where, "eval"), env
+                    )
+                except (NameError, AttributeError):
+                    env.pop(target.id, None)
+        elif isinstance(stmt, ast.Assert):
+            try:
+                holds = eval(compile(ast.Expression(stmt.test), where, "eval"), env)
+            except NameError:
+                continue
+            if not holds:
+                message = stmt.msg and eval(
+                    compile(ast.Expression(stmt.msg), where, "eval"), env
+                )
+                raise AssertionError(f"FlyDSL {where}:{stmt.lineno}: {message}")
 
 
 def _dense_weight(flat: torch.Tensor, experts: int, n: int, k: int) -> torch.Tensor:
@@ -230,6 +274,7 @@ def _builder(name: str, make):
         bound.apply_defaults()
         cfg = dict(bound.arguments)
         assert cfg["in_dtype"] == "fp8", cfg["in_dtype"]
+        check_shape_asserts(contract, cfg)
         build.calls.append(cfg)
         return make(contract, cfg)
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.aiter import flydsl_kernels
+from tests.tools import load_overlay
 
 pytestmark = pytest.mark.aiter
 
@@ -259,6 +260,39 @@ def test_flydsl_backend_matches_the_dense_moe(
     assert len(gemm1) == len(gemm2) == 1
     assert dims.items() <= gemm1[0].items() and dims.items() <= gemm2[0].items()
     assert not gemm1[0]["doweight_stage1"] and gemm2[0]["doweight_stage2"]
+
+
+def test_flydsl_is_kept_only_for_shapes_flydsls_builders_accept():
+    """Every (hidden, intermediate, block_m) for which ATOM keeps FlyDSL
+    (``flydsl_fp8_moe_unsupported_reason`` is None) passes the shape asserts of
+    FlyDSL's own kernel builders with the tiles ``flydsl_fp8_moe`` hands them."""
+    flydsl_moe = load_overlay("atom/model_ops/flydsl_moe.py", "atom_ckfree_flydsl_moe")
+    gemm1 = flydsl_kernels.Contract("compile_moe_gemm1")
+    gemm2 = flydsl_kernels.Contract("compile_moe_gemm2")
+    kept = 0
+    for hidden in range(128, 8193, 128):
+        for inter in range(64, 4097, 64):
+            for block_m in (16, 32, 64):
+                if flydsl_moe.flydsl_fp8_moe_unsupported_reason(
+                    hidden_size=hidden,
+                    intermediate_size=inter,
+                    num_experts=8,
+                    w13_scale_shape=(8, 2),
+                    w2_scale_shape=(8,),
+                    fp8_dtype=torch.float8_e4m3fnuz,
+                    block_m=block_m,
+                ):
+                    continue
+                kept += 1
+                tiles = flydsl_moe._tiles(hidden, inter)
+                common = {"model_dim": hidden, "inter_dim": inter, "experts": 8}
+                common.update(topk=2, tile_m=block_m, in_dtype="fp8")
+                for contract, stage in ((gemm1, "1"), (gemm2, "2")):
+                    config = dict(common, out_dtype="bf16", accumulate=False)
+                    config.update(tile_n=tiles[f"tile_n{stage}"])
+                    config.update(tile_k=tiles[f"tile_k{stage}"])
+                    flydsl_kernels.check_shape_asserts(contract, config)
+    assert kept > 1000  # the sweep reaches FlyDSL's shapes, not only rejections
 
 
 @pytest.mark.parametrize("size", problem_sizes())
