@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
-from .conftest import adapt_to_this_machine
+from .conftest import ON_NVIDIA, adapt_to_this_machine
 
 FAKE_DIR = Path(__file__).resolve().parents[2] / "overlay" / "tests"
 if str(FAKE_DIR) not in sys.path:
@@ -64,6 +65,17 @@ def _load_real(name: str, aiter_tree: Path) -> None:
     spec.loader.exec_module(module)
 
 
+def _fp8_of_nvidia(fake) -> None:
+    """AITER's FP8 type is the chip's (``aiter/utility/dtypes.py``): e4m3fnuz on
+    gfx942, e4m3fn on gfx950; NVIDIA GPUs have only the latter, so the fake
+    answers as AITER does on gfx950."""
+    fp8 = torch.float8_e4m3fn
+    dtypes = fake.modules["aiter.utility.dtypes"]
+    dtypes.fp8 = fp8
+    dtypes.d_dtypes = {**dtypes.d_dtypes, "fp8": fp8}
+    fake.modules["aiter"].dtypes = dtypes
+
+
 @pytest.fixture(scope="session")
 def layer_tree(patched_tree_for) -> Path:
     """The pin with all seven series applied, once a session."""
@@ -92,6 +104,8 @@ def atom_on_aiter(layer_tree, aiter_tree, monkeypatch):
             del sys.modules[name]
         fake = fake_aiter.FakeAiter(ck=ck)
         fake.build()
+        if ON_NVIDIA:
+            _fp8_of_nvidia(fake)
         for name in [n for n in fake.modules if n.startswith(tuple(REAL))]:
             del fake.modules[name]
         fakes.append(fake.install())

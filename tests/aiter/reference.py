@@ -19,8 +19,8 @@ def attention(q, k, v, scale, causal=False, window_left=-1):
     logits = torch.einsum("ihd,jhd->hij", q.double(), kk) * scale
     if causal:
         lq, lk = q.shape[0], k.shape[0]
-        pos = torch.arange(lq)[:, None] + (lk - lq)
-        key = torch.arange(lk)[None, :]
+        pos = torch.arange(lq, device=q.device)[:, None] + (lk - lq)
+        key = torch.arange(lk, device=q.device)[None, :]
         keep = key <= pos
         if window_left >= 0:
             keep &= key >= pos - window_left
@@ -42,3 +42,27 @@ def exact_fp8(shape, dtype, per_row_amax, generator):
     exps = torch.randint(-6, 1, shape[:-1], generator=generator).float()
     scale = 2.0**exps
     return (r * scale[..., None]).to(torch.bfloat16), scale
+
+
+def rope(x, positions, base=10000.0, neox=True):
+    """Rotary embedding of ``x`` ``[t, heads, d]`` at ``positions`` ``[t]``, in
+    float64: frequency ``i`` is ``base ** (-2i / d)``; NeoX rotates ``(x[i], x[i +
+    d/2])``, GPT-J ``(x[2i], x[2i + 1])``."""
+    d = x.shape[-1]
+    freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    angle = positions.double()[:, None] * freq[None, :]
+    c, s = angle.cos()[:, None, :], angle.sin()[:, None, :]
+    xd = x.double()
+    if neox:
+        a, b = xd[..., : d // 2], xd[..., d // 2 :]
+        return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
+    a, b = xd[..., 0::2], xd[..., 1::2]
+    out = torch.empty_like(xd)
+    out[..., 0::2], out[..., 1::2] = a * c - b * s, b * c + a * s
+    return out
+
+
+def rms_norm(x, weight, eps):
+    """``x / rms(x) * weight`` over the last dimension, in float64."""
+    xd = x.double()
+    return xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps) * weight.double()

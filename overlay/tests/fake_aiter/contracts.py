@@ -202,6 +202,23 @@ def rope_cached_thd_positions_2c_fwd_inplace(
     return x, y
 
 
+def rope_cached_positions_2c_fwd_inplace(
+    input_x, input_y, cos, sin, positions, rotate_style, reuse_freqs_front_part,
+    nope_first,
+):  # fmt: skip
+    """``aiter.rope_cached_positions_2c_fwd_inplace`` (HIP, ``aiter/ops/rope.py:833-858``,
+    what ATOM's ``RotaryEmbedding.forward`` calls): the same rotation as the Triton
+    one above on ``sbhd`` tensors ``[s, b, heads, d]`` with ``positions`` ``[s, b]``
+    and ``cos``/``sin`` ``[max_pos, 1, 1, d / 2]``, in place."""
+    x = input_x.reshape(-1, *input_x.shape[-2:])
+    y = input_y.reshape(-1, *input_y.shape[-2:])
+    rope_cached_thd_positions_2c_fwd_inplace(
+        x, y, cos, sin, positions, rotate_style, reuse_freqs_front_part, nope_first
+    )
+    input_x.copy_(x.view_as(input_x))
+    input_y.copy_(y.view_as(input_y))
+
+
 def _dtype_max(dtype: torch.dtype) -> float:
     if dtype.is_floating_point:
         return float(torch.finfo(dtype).max)
@@ -379,9 +396,9 @@ def pa_decode_gluon(
         k = kf[ids].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
         v = vf[ids].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
         rows = slice(b * query_length, (b + 1) * query_length)
-        keep = _causal_mask(query_length, n)
+        keep = _causal_mask(query_length, n, device=q.device)
         if sliding_window > 0:
-            keep &= torch.arange(n)[None, :] >= n - sliding_window
+            keep &= torch.arange(n, device=q.device)[None, :] >= n - sliding_window
         group = heads // kv_heads
         kk = k.repeat_interleave(group, dim=1)
         vv = v.repeat_interleave(group, dim=1)
@@ -769,7 +786,7 @@ def fused_moe(
     w1f, w2f = _dequant_w(w1, w1_scale, mode), _dequant_w(w2, w2_scale, mode)
     inter = w2.shape[-1]
     fp8 = w1.dtype
-    local = torch.arange(w1.shape[0])
+    local = torch.arange(w1.shape[0], device=w1.device)
     if expert_mask is not None:
         local = torch.cumsum(expert_mask.long(), 0) - 1
     x = hidden_states.float()

@@ -151,6 +151,9 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "per_tensor_quant": _per_tensor_quant,
         # MHA cache update and paged attention
         "fused_qk_norm_rope_cache_quant_shuffle": None,
+        "rope_cached_positions_2c_fwd_inplace": (
+            contracts.rope_cached_positions_2c_fwd_inplace
+        ),
         "reshape_and_cache": contracts.reshape_and_cache,
         "reshape_and_cache_with_pertoken_quant": (
             contracts.reshape_and_cache_with_pertoken_quant
