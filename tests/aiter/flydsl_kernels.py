@@ -168,8 +168,8 @@ def _dense_weight(flat: torch.Tensor, experts: int, n: int, k: int) -> torch.Ten
         flat.dim() == 1 and flat.numel() == experts * n * k
     ), f"weight slot holds {tuple(flat.shape)}, want flat [{experts} * {n} * {k}]"
     e = SHUFFLE_BYTES // flat.element_size()
-    rows = torch.arange(n)[:, None]
-    cols = torch.arange(k)[None, :]
+    rows = torch.arange(n, device=flat.device)[:, None]
+    cols = torch.arange(k, device=flat.device)[None, :]
     index = (rows % 16) * e + (rows // 16) * 16 * k + cols % e + (cols // e) * 16 * e
     per_expert = flat.reshape(experts, n * k).float()
     return per_expert[:, index.reshape(-1)].reshape(experts, n, k)

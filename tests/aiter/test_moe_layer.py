@@ -8,11 +8,12 @@ and their output is compared with a dense MoE written here from the definition::
     out[t] = sum_j w[t, j] * W2[e] @ (silu(W1[e] @ x[t]) * (W3[e] @ x[t])),  e = ids[t, j]
 
 over the FP8 weights dequantised with the checkpoint's scales (per tensor: one scale
-for w1, one for w3, one for w2 per expert; per 1x128: one per 128x128 block). The
-backends:
+for w1, one for w3, one for w2 per expert; per channel: one per output row; per
+1x128: one per 128x128 block); also with static activation scales, on an
+expert-parallel rank and with the routing weight on the input. The backends:
 
 * Triton: the overlay's own kernels (``triton_moe.py``), under the Triton interpreter
-  on the CPU;
+  on the CPU, compiled on a GPU (``problem_sizes``: model sizes, marker gpu);
 * FlyDSL: its two-stage GEMM builders as torch stand-ins held to FlyDSL's real source
   (``flydsl_kernels``); FlyDSL has no block-scale GEMM, so block FP8 falls to Triton;
 * CK: ``aiter.fused_moe.fused_moe`` through its stand-in (``contracts.fused_moe``), on
@@ -150,7 +151,7 @@ def run_layer(moe, monkeypatch, method_name, quant, size, *, static=False, local
     ``size["E"]`` this rank holds (expert parallelism: ATOM's ``FusedMoE`` hands
     ``apply`` its ``expert_mask``, 1 for each local expert, one slot more for the
     fused shared experts' sentinel)."""
-    from aiter import QuantType
+    from aiter import QuantType, dtypes
 
     from atom.config import QuantizationConfig
 
@@ -158,7 +159,7 @@ def run_layer(moe, monkeypatch, method_name, quant, size, *, static=False, local
     local = list(range(size["E"])) if local is None else local
     cfg = QuantizationConfig(
         quant_type=QuantType[quant],
-        quant_dtype=torch.float8_e4m3fnuz,  # the fake AITER is a gfx942
+        quant_dtype=dtypes.fp8,  # AITER's FP8 of the chip (gfx942's, or gfx950's)
         is_dynamic=not static,
     )
     method = getattr(moe, method_name)(cfg, None)
@@ -346,13 +347,13 @@ def test_router_weight_on_input_matches_the_dense_moe(
     (w x)))``; CK's ``doweight_stage1`` scales the gate/up GEMM's output, the same
     thing (AITER ``aiter/fused_moe.py:1364-1366``, ``torch_moe_stage1``)."""
     atom, moe, _ = backend(atom_on_aiter, monkeypatch, name)
-    from aiter import QuantType
+    from aiter import QuantType, dtypes
 
     from atom.config import QuantizationConfig
 
     cfg = QuantizationConfig(
         quant_type=QuantType.per_Tensor,
-        quant_dtype=torch.float8_e4m3fnuz,
+        quant_dtype=dtypes.fp8,
         is_dynamic=True,
     )
     method = moe.Fp8MoEMethod(cfg, None)
