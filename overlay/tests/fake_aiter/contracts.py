@@ -766,8 +766,10 @@ def fused_moe(
     ``w1_scale``/``w2_scale`` per expert, per output row (``[E, rows, 1]``,
     ``:99-100``) or per 128x128 block — and how the activations are quantised before
     each stage (``a1_scale``/``a2_scale`` static per-tensor, else dynamic:
-    ``:395-415``). Routing weights multiply the stage-2 output, or the stage-1 output
-    with ``doweight_stage1``; the top-k contributions are summed. ``expert_mask``
+    ``:395-415``). Routing weights multiply the stage-2 output, or with
+    ``doweight_stage1`` the stage-1 GEMM's output before the activation (AITER's
+    reference ``torch_moe_stage1``, ``:1364-1366``: the same as scaling the token);
+    the top-k contributions are summed. ``expert_mask``
     (EP): ``topk_ids`` are global, ``w1``/``w2`` hold the masked-in experts in order,
     tokens routed elsewhere contribute 0. Output ``[M, model_dim]`` in
     ``dtype`` or the input's dtype."""
@@ -800,10 +802,10 @@ def fused_moe(
             if mode is not None:
                 xt = _qdq(xt, fp8, mode, a1_scale if mode == "tensor" else None)
             h = xt @ w1f[le].T
-            h = act(h[:, :inter]) * h[:, inter:]
             w = float(topk_weight[t, slot])
-            if doweight_stage1:
+            if doweight_stage1:  # on the gate/up GEMM's output, before the activation
                 h = h * w
+            h = act(h[:, :inter]) * h[:, inter:]
             if mode is not None:
                 h = _qdq(h, fp8, mode, a2_scale if mode == "tensor" else None)
             y = h @ w2f[le].T
