@@ -13,7 +13,7 @@ for w1, one for w3, one for w2 per expert; per channel: one per output row; per
 expert-parallel rank and with the routing weight on the input. The backends:
 
 * Triton: the overlay's own kernels (``triton_moe.py``), under the Triton interpreter
-  on the CPU, compiled on a GPU (``problem_sizes``: model sizes, marker gpu);
+  on the CPU, compiled on a GPU (the ``device`` fixture: model sizes, marker gpu);
 * FlyDSL: its two-stage GEMM builders as torch stand-ins held to FlyDSL's real source
   (``flydsl_kernels``); FlyDSL has no block-scale GEMM, so block FP8 falls to Triton;
 * CK: ``aiter.fused_moe.fused_moe`` through its stand-in (``contracts.fused_moe``), on
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
-import os
 import sys
 import types
 
@@ -48,17 +47,14 @@ TOL = 8e-2
 BLOCK = 128  # per_1x128: one scale per 128 x 128 block
 
 
-def _on_gpu() -> bool:
-    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+SMALL = {"E": 4, "H": 256, "N": 128, "M": 5, "top_k": 2, "device": "cpu"}
+LARGE = {"E": 16, "H": 2048, "N": 768, "M": 64, "top_k": 4, "device": "cuda"}
 
 
-def problem_sizes():
-    """The MoE sizes to run: small ones on the CPU, a model's on a GPU (marked gpu)."""
-    small = {"E": 4, "H": 256, "N": 128, "M": 5, "top_k": 2, "device": "cpu"}
-    if not _on_gpu():
-        return [pytest.param(small, id="small")]
-    large = {"E": 16, "H": 2048, "N": 768, "M": 64, "top_k": 4, "device": "cuda"}
-    return [pytest.param(large, id="large", marks=pytest.mark.gpu)]
+@pytest.fixture
+def size(device):
+    """The MoE sizes: small ones on the CPU, a model's on a GPU (conftest.py)."""
+    return LARGE if device == "cuda" else SMALL
 
 
 # -- the reference -----------------------------------------------------------------
@@ -234,7 +230,6 @@ def check_output(atom, method, out, ref, backend_name):
         assert not atom.fake.touched_ck_moe()
 
 
-@pytest.mark.parametrize("size", problem_sizes())
 @pytest.mark.parametrize("method_name, quant", CASES)
 def test_triton_pipeline_matches_the_dense_moe(
     atom_on_aiter, monkeypatch, method_name, quant, size
@@ -244,7 +239,6 @@ def test_triton_pipeline_matches_the_dense_moe(
     check_output(atom, method, out, ref, "triton")
 
 
-@pytest.mark.parametrize("size", problem_sizes())
 @pytest.mark.parametrize("method_name, quant", CASES)
 def test_flydsl_backend_matches_the_dense_moe(
     atom_on_aiter, monkeypatch, method_name, quant, size
@@ -296,7 +290,6 @@ def test_flydsl_is_kept_only_for_shapes_flydsls_builders_accept():
     assert kept > 1000  # the sweep reaches FlyDSL's shapes, not only rejections
 
 
-@pytest.mark.parametrize("size", problem_sizes())
 @pytest.mark.parametrize("quant", ["per_Tensor", "per_1x128"])
 def test_ck_fused_moe_matches_the_dense_moe(atom_on_aiter, monkeypatch, quant, size):
     atom, moe, _ = backend(atom_on_aiter, monkeypatch, "ck")
@@ -304,7 +297,6 @@ def test_ck_fused_moe_matches_the_dense_moe(atom_on_aiter, monkeypatch, quant, s
     check_output(atom, method, out, ref, "ck")
 
 
-@pytest.mark.parametrize("size", problem_sizes())
 @pytest.mark.parametrize(
     "name, method_name, runs_on",
     [
@@ -324,7 +316,6 @@ def test_static_activation_scales_match_the_dense_moe(
     check_output(atom, method, out, ref, runs_on)
 
 
-@pytest.mark.parametrize("size", problem_sizes())
 @pytest.mark.parametrize("name", BACKENDS)
 def test_expert_parallel_rank_adds_only_its_experts(
     atom_on_aiter, monkeypatch, name, size
@@ -337,7 +328,6 @@ def test_expert_parallel_rank_adds_only_its_experts(
     check_output(atom, method, out, ref, name)
 
 
-@pytest.mark.parametrize("size", problem_sizes())
 @pytest.mark.parametrize("name", BACKENDS)
 def test_router_weight_on_input_matches_the_dense_moe(
     atom_on_aiter, monkeypatch, name, size
