@@ -26,9 +26,6 @@ def test_merged_replicated_linear_loads_each_shard_where_the_fused_layer_reads_i
     atom_on_aiter, monkeypatch, quant
 ):
     atom = atom_on_aiter(ck=True)
-    # AITER's dtypes have i4x2 (aiter/utility/dtypes.py), which LinearBase reads
-    dtypes = sys.modules["aiter"].dtypes
-    monkeypatch.setattr(dtypes, "i4x2", getattr(torch, "int4", torch.uint8), False)
     # ATOM's real atom.config (its QuantizationConfig), not the attention tests' stub
     monkeypatch.delitem(sys.modules, "atom.config")
     linear = atom.module("atom.model_ops.linear")

@@ -32,7 +32,8 @@ def const(value):
 FP8 = torch.float8_e4m3fnuz
 DTYPES = types.SimpleNamespace(
     fp8=FP8,
-    fp8_e8m0=torch.uint8,
+    fp8_e8m0=getattr(torch, "float8_e8m0fnu", torch.uint8),
+    i4x2=getattr(torch, "int4", torch.uint8),
     fp4x2=getattr(torch, "float4_e2m1fn_x2", torch.uint8),
     fp16=torch.float16,
     bf16=torch.bfloat16,
