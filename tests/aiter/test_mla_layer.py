@@ -246,7 +246,13 @@ def test_prefill_matches_causal_attention(atom_on_aiter, size, ck, env, flash):
         ]
     )
     want = att.flatten(1) @ w_o.T
-    torch.testing.assert_close(got.cpu().double(), want, atol=3e-2, rtol=2e-2)
+    got = got.cpu().double()
+    # bf16 (the GPU's model dtype) keeps 8 bits through kv_b_proj, the attention
+    # and o_proj over sequences of up to 4096: a few elements of the 40 M at model
+    # size are 0.18 off; the error as a whole stays small
+    atol, rtol = (3e-2, 2e-2) if dtype == torch.float16 else (0.25, 5e-2)
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+    assert float((got - want).norm() / want.norm()) < 2e-2
     assert ("aiter.flash_attn_varlen_func" in atom.fake.names()) == flash
 
 
