@@ -543,3 +543,27 @@ def test_rope_stand_in_is_aiters_triton_rope(aiter, neox):
     assert not torch.equal(got_q, q)
     torch.testing.assert_close(got_q, want_q, atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(got_k, want_k, atol=2e-3, rtol=1e-3)
+
+
+def test_asm_moe_is_the_dense_moe_with_per_channel_scales(aiter):
+    """``asm_moe`` (ASM stand-in, the a8w8 ``fmoe_g1u1`` mode) with AITER-shuffled FP8
+    weights and per-channel scales ``[E, 1, rows]`` equals a dense MoE on the
+    dequantised weights, within the per-token FP8 rounding of both stages' inputs."""
+    g = torch.Generator().manual_seed(6)
+    M, K, N, E, T = 5, 128, 64, 4, 2
+    fp8 = torch.float8_e4m3fnuz
+    x = torch.randn(M, K, generator=g).bfloat16()
+    s1 = torch.rand(E, 2 * N, 1, generator=g) / 200 + 2e-3
+    s2 = torch.rand(E, K, 1, generator=g) / 200 + 2e-3
+    q1 = (torch.randn(E, 2 * N, K, generator=g) * 8).to(fp8)
+    q2 = (torch.randn(E, K, N, generator=g) * 8).to(fp8)
+    ti = torch.stack([torch.randperm(E, generator=g)[:T] for _ in range(M)])
+    tw = torch.rand(M, T, generator=g)
+    shuffle = aiter("aiter.ops.shuffle").shuffle_weight
+    out = contracts().asm_moe(
+        x, shuffle(q1), shuffle(q2), tw, ti.to(torch.int32),
+        fc1_scale=s1.view(E, 1, -1), fc2_scale=s2.view(E, 1, -1),
+    )  # fmt: skip
+    want = _moe_reference(x, q1.float() * s1, q2.float() * s2, tw, ti)
+    err = (out.double() - want).norm() / want.norm()
+    assert err < 5e-2, f"relative error {err:.3g}"

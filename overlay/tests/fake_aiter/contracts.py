@@ -811,3 +811,97 @@ def fused_moe(
             y = h @ w2f[le].T
             out[t] += (y if doweight_stage1 else y * w)[0]
     return out.to(dtype or hidden_states.dtype)
+
+
+def asm_moe(
+    hidden_states,
+    w1,
+    w2,
+    topk_weight,
+    topk_ids,
+    fc1_scale=None,
+    fc2_scale=None,
+    fc1_smooth_scale=None,
+    fc2_smooth_scale=None,
+    a16=False,
+    per_tensor_quant_scale=None,
+    block_shape=None,
+    expert_mask=None,
+    activation=1,
+    local_expert_hash=None,
+):
+    """``aiter.fused_moe_bf16_asm.asm_moe`` (``aiter/fused_moe_bf16_asm.py:55-277``),
+    the ASM MoE ATOM's ``rocm_asm_moe_impl`` calls (``atom/model_ops/moe.py:519-570``,
+    the CK backend of ``CompressedTensorsFp8MoEMethod``), for what that caller can
+    reach: FP8 weights, gate and up fused ("g1u1", ``w1`` ``[E, 2 * inter, dim]``,
+    ``w2`` ``[E, dim, inter]``, pre-shuffled, ``:56-57``), no block scales, no
+    per-tensor activation scale.
+
+    * ``a16=False``: the activations are quantised per token to ``w1``'s type
+      (``:211-222``, ``dynamic_per_token_scaled_quant``) and ``fmoe_g1u1`` runs
+      (``:247-262``), one of AITER's ``pertokenFp8_g1u1`` kernels
+      (``csrc/py_itfs_cu/asm_fmoe.cu:517-629``): its FP8 stage-2 input is taken as
+      quantised per token too. Weight scales are per output channel: ``fc1_scale``
+      ``[E, 1, 2 * inter]``, ``fc2_scale`` ``[E, 1, dim]`` (``asm_fmoe.cu:527-528``;
+      the ASM kernel gets bare pointers, so other shapes are refused). A
+      ``fc1_smooth_scale`` switches to smooth quantisation (``:187-209``), which
+      takes ``[E, dim]`` per-channel smoothing factors (``:62-64``).
+    * ``a16=True`` (``:99-117``): ``fmoe_g1u1_a16`` takes the smoothing scales as
+      tensors (``asm_fmoe.cu:409-415``); without them the call cannot be made.
+
+    Routing weights multiply the stage-2 output; ``expert_mask`` as in
+    ``fused_moe`` above."""
+    E, dim, inter = w2.shape
+    if block_shape is not None or per_tensor_quant_scale is not None:
+        raise NotImplementedError("asm_moe stand-in: block or per-tensor activation")
+    if (
+        w1.element_size() != 1
+        or not w1.dtype.is_floating_point
+        or w1.shape[1] != 2 * inter
+    ):
+        raise NotImplementedError("asm_moe stand-in: FP8 g1u1 weights only")
+    if a16 and (fc1_smooth_scale is None or fc2_smooth_scale is None):
+        raise ValueError(
+            "asm_moe(a16=True): fmoe_g1u1_a16 takes fc1_smooth_scale/fc2_smooth_scale "
+            "tensors (csrc/py_itfs_cu/asm_fmoe.cu:409-415), got None"
+        )
+    for name, scale, rows in (
+        ("fc1_scale", fc1_scale, 2 * inter),
+        ("fc2_scale", fc2_scale, dim),
+    ):
+        if scale is None or scale.numel() != E * rows:
+            shape = None if scale is None else tuple(scale.shape)
+            raise ValueError(
+                f"asm_moe: {name} must hold one scale per expert and output channel "
+                f"([{E}, 1, {rows}], csrc/py_itfs_cu/asm_fmoe.cu:527-528), got {shape}"
+            )
+    if fc1_smooth_scale is not None and fc1_smooth_scale.numel() != E * dim:
+        raise ValueError(
+            f"asm_moe: fc1_smooth_scale must be [{E}, {dim}] per-channel smoothing "
+            f"(aiter/fused_moe_bf16_asm.py:64), got {tuple(fc1_smooth_scale.shape)}"
+        )
+    if getattr(w1, "is_shuffled", False):
+        w1 = unshuffle_weight(w1)
+    if getattr(w2, "is_shuffled", False):
+        w2 = unshuffle_weight(w2)
+    w1f = _dequant_w(w1, fc1_scale.reshape(E, -1), "token")
+    w2f = _dequant_w(w2, fc2_scale.reshape(E, -1), "token")
+    local = torch.arange(E, device=w1.device)
+    if expert_mask is not None:
+        local = torch.cumsum(expert_mask.long(), 0) - 1
+    x = hidden_states.float()
+    out = torch.zeros(x.shape[0], dim, dtype=torch.float32, device=x.device)
+    act = {1: F.silu, 2: F.gelu}[int(activation)]
+    for t in range(x.shape[0]):
+        for slot in range(topk_ids.shape[1]):
+            e = int(topk_ids[t, slot])
+            if expert_mask is not None and not bool(expert_mask[e]):
+                continue
+            le = int(local[e])
+            xt = x[t : t + 1]
+            if fc1_smooth_scale is not None:
+                xt = xt * fc1_smooth_scale.float().reshape(E, dim)[le]
+            h = _qdq(xt, w1.dtype, "token") @ w1f[le].T
+            h = _qdq(act(h[:, :inter]) * h[:, inter:], w1.dtype, "token")
+            out[t] += (h @ w2f[le].T)[0] * float(topk_weight[t, slot])
+    return out.to(hidden_states.dtype)

@@ -139,10 +139,6 @@ def _shuffle_weight(w, *args, **kwargs):
     return w
 
 
-def _moe_out(hidden_states, *args, **kwargs):
-    return torch.zeros_like(hidden_states)
-
-
 ENTRIES: dict[str, dict[str, Any]] = {
     "aiter": {
         "dtypes": const(DTYPES),
@@ -216,7 +212,7 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "mxfp4_to_f32": None,
     },
     "aiter.fused_moe": {"fused_moe": contracts.fused_moe},
-    "aiter.fused_moe_bf16_asm": {"asm_moe": _moe_out},
+    "aiter.fused_moe_bf16_asm": {"asm_moe": contracts.asm_moe},
     "aiter.ops": {},
     "aiter.ops.shuffle": {
         "shuffle_weight": _shuffle_weight,
