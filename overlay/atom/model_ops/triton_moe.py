@@ -2037,11 +2037,9 @@ def _step(cfg: MoeConfig, knob: str, step, device: DeviceInfo) -> MoeConfig | No
 
 
 def _has_tma(device: DeviceInfo) -> bool:
-    return (
-        device.vendor == "nvidia"
-        and device.arch[3:].isdigit()
-        and (int(device.arch[3:]) >= 90)
-    )
+    # Tensor descriptors (GEMM2's tma2): NVIDIA from sm_90 on.
+    sm = device.arch[3:]
+    return device.vendor == "nvidia" and sm.isdigit() and int(sm) >= 90
 
 
 def _fit_device(cfg: MoeConfig, device: DeviceInfo) -> MoeConfig:
