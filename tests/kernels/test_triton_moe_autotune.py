@@ -10,6 +10,7 @@ interpreter and graph-capture guards are tested on the real entry points.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels run (interpreted)
 
 import pytest
 import torch
+import triton.testing
 
 try:  # tests/ is a package in this repository; also runnable as loose files
     from .moe_reference import load_triton_moe, make_problem, moe_reference, rel_err
@@ -307,9 +309,20 @@ def test_no_autotune_under_the_interpreter(cdir, monkeypatch):
     assert not (cdir.parent / "cache").exists()
 
 
-def test_the_gpu_timer_rejects_failing_and_wrong_candidates():
+def test_the_gpu_timer_times_only_right_candidates(monkeypatch):
+    # The graph and do_bench are faked (there is no GPU): what is tested is
+    # which candidates reach the timing.
+    class Graph:
+        replay = staticmethod(lambda: None)
+
+    timed = []
+    monkeypatch.setattr(tm.torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(tm.torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(
+        triton.testing, "do_bench", lambda fn, **kw: timed.append(kw) or 1.0
+    )
     good = torch.ones(4, 8)
-    outputs = {"a": good, "b": good * 3}
+    outputs = {"a": good, "a2": good * 1.01, "b": good * 3, "nan": good * math.nan}
 
     def run(cfg):
         if cfg == "boom":
@@ -317,11 +330,12 @@ def test_the_gpu_timer_rejects_failing_and_wrong_candidates():
         return outputs[cfg]
 
     measure = tm._pipeline_timer(run)
-    # The first candidate sets the reference; on the CPU the graph capture that
-    # follows fails, which counts as a failed candidate too.
-    assert measure("a") == math.inf
+    assert measure("a") == 1.0  # the first candidate sets the reference
     assert measure("boom") == math.inf
     assert measure("b") == math.inf  # 2.0 relative deviation from "a"
+    assert measure("nan") == math.inf
+    assert measure("a2") == 1.0
+    assert timed == [{"warmup": 5, "rep": 25, "return_mode": "median"}] * 2
 
 
 def test_every_candidate_computes_the_right_result(cdir):
