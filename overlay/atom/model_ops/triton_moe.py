@@ -2081,7 +2081,11 @@ def _read_autotune_cache(path: pathlib.Path) -> dict[int, MoeConfig]:
     try:
         return {b: c for b, c in _parse_table(str(path)) if c is not None}
     except MoeConfigError as exc:
-        _log.warning("ignoring the MoE autotune cache: %s", exc)
+        _log.warning(
+            "ignoring the MoE autotune cache: %s; its buckets are tuned again and "
+            "the file rewritten",
+            exc,
+        )
         return {}
 
 
