@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels run (interpreted)
 
@@ -28,6 +30,7 @@ except ImportError:
     from moe_reference import load_triton_moe, make_problem, moe_reference, rel_err
 
 tm = load_triton_moe("atom_ckfree_triton_moe_interp", interpret=True)
+REPO = tm.CONFIG_DIR.parents[4]
 
 BLOCK = (128, 128)
 QWEN3 = (128, 768, 2048)  # E, N, K
@@ -169,6 +172,36 @@ def test_a_crash_mid_write_leaves_the_old_cache_whole(cdir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _tune(cdir, FakeTimes(), m=2048)
     assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+WRITER = """
+import sys
+from tests.kernels.moe_reference import load_triton_moe
+tm = load_triton_moe("writer", interpret=True)
+path, first = tm.pathlib.Path(sys.argv[1]), int(sys.argv[2])
+for b in range(first, first + 300):
+    tm._write_autotune_cache(path, b, tm.MoeConfig(bn1=16 << (b % 4)))
+"""
+
+
+def test_two_processes_writing_at_once_never_leave_a_broken_cache(cdir):
+    path = _cache()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(first)], env=env)
+        for first in (1, 1001)
+    ]
+    reads = 0
+    while any(w.poll() is None for w in writers):
+        if path.is_file():
+            table = tm._parse_table(str(path))  # raises on a partial file
+            assert table and all(isinstance(c, tm.MoeConfig) for _, c in table)
+            reads += 1
+    assert [w.returncode for w in writers] == [0, 0]
+    assert reads > 10
+    buckets = set(tm.load_config_file(path))
+    assert {300, 1300} & buckets  # each writer's last bucket or the other's
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
