@@ -407,3 +407,40 @@ def test_every_candidate_computes_the_right_result(cdir):
     assert len(errors) >= 6
     assert max(errors) < 8e-2, errors
     assert os.path.isfile(tm.autotune_cache_file(device.name, E, N, K, block_shape=bs))
+
+
+def test_the_pipeline_takes_the_autotuned_config_when_switched_on(cdir, monkeypatch):
+    # The module built for a GPU (plan_moe_fp8 chooses, it launches nothing), its
+    # device faked: an H200 without its files. autotune_moe_config is replaced by
+    # a stand-in that returns a config of its own.
+    gm = load_triton_moe("atom_ckfree_triton_moe_compiled", interpret=False)
+    monkeypatch.setattr(gm, "CONFIG_DIR", cdir)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
+    h200 = gm.known_device("NVIDIA H200", cdir)
+    monkeypatch.setattr(gm, "device_info", lambda d: h200)
+    tuned = gm.MoeConfig(block_m=64, bn1=32, bn2=256, s1=2)
+    calls = []
+
+    def stand_in(fallback, device, E, N, K, M, measure, **kw):
+        calls.append((fallback, device, (E, N, K, M), kw))
+        return gm.ConfigChoice(tuned, "stand-in")
+
+    monkeypatch.setattr(gm, "autotune_moe_config", stand_in)
+    x, w13, w2, tw, ti, s13, s2, bs = make_problem(8, 256, 128, 4, 2)
+    args = (x, w13, w2, tw, ti)
+    kw = {"w13_scale": s13, "w2_scale": s2, "block_shape": bs}
+    monkeypatch.delenv(gm.AUTOTUNE_ENV, raising=False)
+    plain = gm.plan_moe_fp8(*args, **kw).cfg
+    assert calls == [] and plain["block_m"] != 64
+    monkeypatch.setenv(gm.AUTOTUNE_ENV, "1")
+    got = gm.plan_moe_fp8(*args, **kw).cfg
+    assert (got["block_m"], got["bn1"], got["bn2"], got["s1"]) == (64, 32, 256, 2)
+    ((fallback, device, dims, options),) = calls
+    assert device == h200 and dims == (4, 128, 256, 8)
+    assert fallback == gm.select_moe_config(
+        h200, 4, 128, 256, 8, num_cols=2, block_shape=bs
+    )
+    assert options == {"num_cols": 2, "block_shape": bs, "static_scales": False}
+    # An explicit config is never autotuned.
+    gm.plan_moe_fp8(*args, **kw, config={"bn1": 64})
+    assert len(calls) == 1
