@@ -84,6 +84,28 @@ def main(argv=None):
         f"; hidden: {bench.card}'s config files"
     )
     results = []
+    stem = f"moe_autotune_{mb.card_slug(bench.card)}{'_smoke' if args.smoke else ''}"
+    outs = [pathlib.Path(args.out)]
+    if os.environ.get("OUT"):
+        outs.append(pathlib.Path(os.environ["OUT"]))
+
+    def write():  # after every cell: what a run cut short leaves behind
+        payload = {
+            "card": bench.card,
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "smoke": args.smoke,
+            "max_candidates": tm.AUTOTUNE_MAX_CANDIDATES,
+            "results": results,
+        }
+        md = render(payload)
+        for o in outs:
+            o.mkdir(parents=True, exist_ok=True)
+            (o / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+            (o / f"{stem}.md").write_text(md)
+        return md
+
+    md = write()
     cells = [c.split(":") for c in args.cells.split(",")]
     if args.smoke:
         cells = [("smoke", "8")]
@@ -94,24 +116,8 @@ def main(argv=None):
             )
             break
         results.append(run_cell(tm, bench, name, int(m), tuned_dir, hidden_dir))
-    payload = {
-        "card": bench.card,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "smoke": args.smoke,
-        "max_candidates": tm.AUTOTUNE_MAX_CANDIDATES,
-        "results": results,
-    }
-    md = render(payload)
+        md = write()
     print(md, flush=True)
-    stem = f"moe_autotune_{mb.card_slug(bench.card)}{'_smoke' if args.smoke else ''}"
-    outs = [pathlib.Path(args.out)]
-    if os.environ.get("OUT"):
-        outs.append(pathlib.Path(os.environ["OUT"]))
-    for o in outs:
-        o.mkdir(parents=True, exist_ok=True)
-        (o / f"{stem}.json").write_text(json.dumps(payload, indent=1))
-        (o / f"{stem}.md").write_text(md)
     shutil.rmtree(work, ignore_errors=True)
     return 0 if all(r["ok"] for r in results) else 1
 

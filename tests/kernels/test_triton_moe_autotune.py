@@ -11,6 +11,7 @@ interpreter and graph-capture guards are tested on the real entry points.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -444,3 +445,32 @@ def test_the_pipeline_takes_the_autotuned_config_when_switched_on(cdir, monkeypa
     # An explicit config is never autotuned.
     gm.plan_moe_fp8(*args, **kw, config={"bn1": 64})
     assert len(calls) == 1
+
+
+def test_the_autotune_benchmark_runs_end_to_end_in_its_smoke_mode(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("OUT", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "moe_autotune_bench.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    payload = json.loads((tmp_path / "moe_autotune_NVIDIA_H200_smoke.json").read_text())
+    ((row,),) = [payload["results"]]
+    assert row["ok"] and row["autotune_s"] > 0
+    assert (row["fallback_source"], row["tuned_source"]) == (
+        "NVIDIA_H100_80GB_HBM3",
+        "NVIDIA_H200",
+    )
+    md = (tmp_path / "moe_autotune_NVIDIA_H200_smoke.md").read_text()
+    assert f"triton {triton.__version__}" in md and "| smoke | 8 |" in md
