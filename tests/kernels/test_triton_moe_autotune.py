@@ -3,9 +3,12 @@
 The selection and cache logic (which candidates, how many, the cache's key,
 reads, writes and faults) is tested with an injected ``measure`` that returns
 made-up times: that fake stands in for the GPU timing ONLY, to steer which
-candidate wins. The candidates themselves run through the real kernels under the
-Triton interpreter in ``test_every_candidate_computes_the_right_result``, and the
-interpreter and graph-capture guards are tested on the real entry points.
+candidate wins. Likewise the GPU timer's test fakes the CUDA graph and
+``do_bench`` (there is no GPU here) to check which candidates reach the timing.
+The candidates themselves run through the real kernels under the Triton
+interpreter in ``test_every_candidate_computes_the_right_result``; the
+interpreter and graph-capture guards, the switch and the pipeline's use of the
+choice are tested on the real entry points; the benchmark runs in its smoke mode.
 """
 
 from __future__ import annotations
