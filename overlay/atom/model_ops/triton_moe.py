@@ -55,6 +55,23 @@ Launch configurations are data (JSON files under ``configs/triton_moe/`` beside
 this module, schema :class:`MoeConfig`); :func:`select_moe_config` says which one
 the pipeline takes for a device, problem and M.
 
+Autotune on first use (opt-in): with ``ATOM_CKFREE_MOE_AUTOTUNE=1``, on a device
+without its own config file for the problem class (the nearest tuned device's
+file or the heuristic would be used), the first call for an M bucket
+(:data:`AUTOTUNE_BUCKETS`) times at most :data:`AUTOTUNE_MAX_CANDIDATES`
+configurations on its own inputs (the fallback, the heuristic, the nearest
+device's configs of the neighbouring buckets, then single-knob steps of tiles,
+stages and warps within the device's limits; quantisation knobs are never
+varied), each in a CUDA/HIP graph timed by ``triton.testing.do_bench``, and
+takes the fastest. The choice is cached per device name and Triton version in
+the config files' schema under ``$ATOM_CKFREE_MOE_CACHE`` (default
+``~/.cache/atom-ckfree/triton-moe/triton-<version>/``), written atomically; a
+corrupt cache is ignored with a warning. Nothing is timed under the Triton
+interpreter or while a graph is being captured: the fallback is used then (a
+cached choice too, during capture). Off by default: the first call of each
+bucket costs seconds of compilation and timing, and takes GPU memory while it
+runs.
+
 Unsupported combinations raise ``TypeError`` (dtypes) or ``ValueError`` (shapes,
 scale layouts). No step synchronises with the host, so the whole pipeline can be
 captured in a CUDA/HIP graph.
@@ -65,8 +82,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
+import os
 import pathlib
+import tempfile
 from typing import NamedTuple
 
 import torch
@@ -74,6 +94,8 @@ import triton
 import triton.language as tl
 
 __all__ = [
+    "AUTOTUNE_BUCKETS",
+    "AUTOTUNE_MAX_CANDIDATES",
     "CONFIG_DIR",
     "ConfigChoice",
     "DeviceInfo",
@@ -81,6 +103,11 @@ __all__ = [
     "MoeConfig",
     "MoeConfigError",
     "MoePlan",
+    "autotune_bucket",
+    "autotune_cache_file",
+    "autotune_enabled",
+    "autotune_moe_config",
+    "autotune_smem_bytes",
     "config_file_name",
     "device_info",
     "device_slug",
@@ -1468,8 +1495,14 @@ def load_config_file(path) -> dict[int, MoeConfig | None]:
     return dict(_load_table(str(path)))
 
 
-@functools.cache
+@functools.cache  # the shipped files are read once per process
 def _load_table(path: str) -> tuple:
+    return _parse_table(path)
+
+
+def _parse_table(path: str) -> tuple:
+    # ((M bucket, config or None), ...) sorted by bucket: the one reader of the
+    # shipped files and of the autotune cache.
     try:
         data = json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -1765,6 +1798,356 @@ def _fit_arch(cfg: dict, arch: str) -> dict:
     while s2 > 1 and (s2 - 1 + extra) * tile2 > lds:
         s2 -= 1
     return dict(cfg, s1=s1, s2=s2, bm2=None if bm2 == bm else bm2)
+
+
+# --------------------------------------------------------------------------------------
+# Autotune on first use (opt-in: ATOM_CKFREE_MOE_AUTOTUNE=1)
+# --------------------------------------------------------------------------------------
+AUTOTUNE_ENV = "ATOM_CKFREE_MOE_AUTOTUNE"
+AUTOTUNE_CACHE_ENV = "ATOM_CKFREE_MOE_CACHE"
+AUTOTUNE_MAX_CANDIDATES = 12  # pipelines timed per (problem class, M bucket)
+# The M buckets tuned (the benchmark's grid); the largest covers every larger M.
+AUTOTUNE_BUCKETS = (1, 8, 32, 128, 512, 2048, 8192)
+# A candidate replaces the best so far only when this much faster: one timing of
+# a knob without effect varied by up to 5 % on the H200 (benchmarks/tune_moe.py).
+_AUTOTUNE_GAIN = 0.98
+# Largest relative deviation of a candidate's output from the fallback's: both
+# quantise the activations, each within ~4e-2 of the exact result; a broken
+# variant lands far outside.
+_AUTOTUNE_TOL = 8e-2
+# Single-knob steps from the best config so far, in this order (knob, factor or
+# step; None flips a switch). Quantisation knobs are never varied: they change
+# the numerics, and only the tuner (with its accuracy checks) picks them.
+_AUTOTUNE_STEPS = (
+    ("bn1", 0.5),
+    ("block_m", 2),
+    ("bn1", 2),
+    ("block_m", 0.5),
+    ("reduce", None),
+    ("tma2", None),
+    ("s1", -1),
+    ("s2", -1),
+    ("w1", 2),
+    ("w2", 2),
+    ("bn2", 0.5),
+    ("bn2", 2),
+)
+# Ranges the steps stay in: the tuner's search space (bn1 at most 128: it is also
+# the intermediate's quantisation group).
+_AUTOTUNE_RANGE = {
+    "block_m": (16, 128),
+    "bn1": (16, 128),
+    "bn2": (32, 256),
+    "s1": (2, 5),
+    "s2": (2, 5),
+    "w1": (4, 16),
+    "w2": (4, 16),
+}
+
+_log = logging.getLogger(__name__)
+# This process's choices: {(cache file, M bucket): ConfigChoice}.
+_AUTOTUNED: dict = {}
+
+
+def autotune_enabled() -> bool:
+    """Whether autotune on first use is switched on (``ATOM_CKFREE_MOE_AUTOTUNE=1``)."""
+    return os.environ.get(AUTOTUNE_ENV, "0") == "1"
+
+
+def autotune_cache_file(
+    device_name: str,
+    num_experts: int,
+    n: int,
+    k: int,
+    *,
+    block_shape=None,
+    static_scales: bool = False,
+) -> pathlib.Path:
+    """The autotune cache of a device and problem class: the config file name of
+    :func:`config_file_name` (the device's name in it) in a folder of this Triton
+    version, under ``$ATOM_CKFREE_MOE_CACHE`` (default
+    ``~/.cache/atom-ckfree/triton-moe``)."""
+    root = os.environ.get(AUTOTUNE_CACHE_ENV) or (
+        pathlib.Path.home() / ".cache" / "atom-ckfree" / "triton-moe"
+    )
+    name = config_file_name(
+        device_name,
+        num_experts,
+        n,
+        k,
+        block_shape=block_shape,
+        static_scales=static_scales,
+    )
+    return pathlib.Path(root) / f"triton-{triton.__version__}" / name
+
+
+def autotune_bucket(m: int) -> int:
+    """The M bucket that ``m`` tokens are tuned (and cached) under."""
+    return next((b for b in AUTOTUNE_BUCKETS if m <= b), AUTOTUNE_BUCKETS[-1])
+
+
+def autotune_moe_config(
+    fallback: ConfigChoice,
+    device: DeviceInfo,
+    num_experts: int,
+    n: int,
+    k: int,
+    m: int,
+    measure,
+    *,
+    num_cols: int = 8,
+    block_shape=None,
+    static_scales: bool = False,
+    config_dir=None,
+) -> ConfigChoice:
+    """The config for ``m`` tokens on a device without its own config file:
+    this process's earlier choice for the M bucket, else the cache file's, else
+    the fastest of at most :data:`AUTOTUNE_MAX_CANDIDATES` timed by ``measure``
+    (``cfg -> ms``, ``inf`` for a failed or wrong candidate), cached. With the
+    device's own file, and while a CUDA/HIP graph is being captured (nothing may
+    be timed then), ``fallback`` (:func:`select_moe_config`'s choice)."""
+    own = tuned_config_file(
+        device,
+        num_experts,
+        n,
+        k,
+        block_shape=block_shape,
+        static_scales=static_scales,
+        config_dir=config_dir,
+    )
+    if own is not None and own.name.startswith(
+        _file_stem(num_experts, n, k, device_slug(device.name)) + ","
+    ):
+        return fallback
+    path = autotune_cache_file(
+        device.name,
+        num_experts,
+        n,
+        k,
+        block_shape=block_shape,
+        static_scales=static_scales,
+    )
+    bucket = autotune_bucket(m)
+    key = (str(path), bucket)
+    if key in _AUTOTUNED:
+        return _AUTOTUNED[key]
+    cached = _read_autotune_cache(path).get(bucket)
+    if cached is not None:
+        _AUTOTUNED[key] = ConfigChoice(cached, f"autotune cache {path}")
+        return _AUTOTUNED[key]
+    if _capturing():
+        return fallback
+    seeds = _autotune_seeds(
+        fallback.config,
+        device,
+        num_experts,
+        n,
+        k,
+        m,
+        num_cols,
+        block_shape,
+        static_scales,
+        config_dir,
+    )
+    best = _autotune_search(seeds, device, measure)
+    _write_autotune_cache(path, bucket, best)
+    _AUTOTUNED[key] = ConfigChoice(best, f"autotuned {path}")
+    return _AUTOTUNED[key]
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _autotune_seeds(
+    fallback, device, num_experts, n, k, m, num_cols, block_shape, static, cdir
+) -> list[MoeConfig]:
+    # The fallback first, then the heuristic, then the nearest device's configs
+    # and the heuristic's for the neighbouring M buckets.
+    seeds = [fallback, _heuristic_config(num_experts, n, k, m, num_cols)]
+    i = AUTOTUNE_BUCKETS.index(autotune_bucket(m))
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(AUTOTUNE_BUCKETS):
+            mj = AUTOTUNE_BUCKETS[j]
+            seeds.append(
+                select_moe_config(
+                    device,
+                    num_experts,
+                    n,
+                    k,
+                    mj,
+                    num_cols=num_cols,
+                    block_shape=block_shape,
+                    static_scales=static,
+                    config_dir=cdir,
+                ).config
+            )
+            seeds.append(_heuristic_config(num_experts, n, k, mj, num_cols))
+    return seeds
+
+
+def _autotune_search(seeds, device: DeviceInfo, measure) -> MoeConfig:
+    """The seeds timed, then single-knob steps from the best so far, at most
+    AUTOTUNE_MAX_CANDIDATES timings in all, each candidate fitted to the device
+    and within its limits first; the first seed (the fallback) is always
+    timed and wins unless another is _AUTOTUNE_GAIN faster."""
+    best = _fit_device(seeds[0], device)
+    best_t = measure(best)
+    seen = {best}
+
+    def consider(cfg):
+        nonlocal best, best_t
+        if cfg is None:
+            return
+        cfg = _fit_device(cfg, device)
+        if cfg in seen or not _within_limits(cfg, device):
+            return
+        seen.add(cfg)
+        t = measure(cfg)
+        if t < best_t * _AUTOTUNE_GAIN:
+            best, best_t = cfg, t
+
+    for cfg in seeds[1:]:
+        if len(seen) < AUTOTUNE_MAX_CANDIDATES:
+            consider(cfg)
+    for knob, step in _AUTOTUNE_STEPS:
+        if len(seen) < AUTOTUNE_MAX_CANDIDATES:
+            consider(_step(best, knob, step, device))
+    return best
+
+
+def _step(cfg: MoeConfig, knob: str, step, device: DeviceInfo) -> MoeConfig | None:
+    # One knob of cfg moved by one step, or None outside the tuner's range or
+    # what the device has (no tensor descriptors before sm_90 or on AMD).
+    v = getattr(cfg, knob)
+    if knob == "reduce":
+        return dataclasses.replace(cfg, reduce="buffer" if v == "atomic" else "atomic")
+    if knob == "tma2":
+        if not _has_tma(device):
+            return None
+        return dataclasses.replace(cfg, tma2=not v)
+    new = v + step if knob in ("s1", "s2") else int(v * step)
+    lo, hi = _AUTOTUNE_RANGE[knob]
+    if not lo <= new <= hi:
+        return None
+    out = dataclasses.replace(cfg, **{knob: new})
+    if out.bm2 is not None and out.bm2 >= out.block_m:
+        out = dataclasses.replace(out, bm2=None)
+    return out
+
+
+def _has_tma(device: DeviceInfo) -> bool:
+    # Tensor descriptors (GEMM2's tma2): NVIDIA from sm_90 on.
+    sm = device.arch[3:]
+    return device.vendor == "nvidia" and sm.isdigit() and int(sm) >= 90
+
+
+def _fit_device(cfg: MoeConfig, device: DeviceInfo) -> MoeConfig:
+    # What the pipeline would run of cfg on the device (plan_moe_fp8 fits the
+    # selected config the same way), without the accuracy-changing chained GEMM2.
+    out = MoeConfig(**_fit_arch(cfg.as_dict(), device.arch))
+    if device.vendor == "amd":
+        out = dataclasses.replace(out, tma2=False, persistent2=0)
+    return dataclasses.replace(out, chain2=False)
+
+
+def autotune_smem_bytes(cfg: MoeConfig) -> int:
+    """Shared memory (LDS) the operand buffers of a config's larger GEMM take:
+    per stage, GEMM1 an activation tile (FP8, or bf16 quantised in the
+    prologue) and two weight tiles, GEMM2 an intermediate tile and a w2 tile."""
+    x_bytes = 1 if cfg.quant_x else 2
+    h_bytes = 1 if cfg.quant_h else 2
+    g1 = cfg.s1 * (cfg.block_m * cfg.bk1 * x_bytes + 2 * cfg.bn1 * cfg.bk1)
+    g2 = cfg.s2 * ((cfg.bm2 or cfg.block_m) * cfg.bk2 * h_bytes + cfg.bn2 * cfg.bk2)
+    return max(g1, g2)
+
+
+def _within_limits(cfg: MoeConfig, device: DeviceInfo) -> bool:
+    lane = 64 if device.vendor == "amd" else 32
+    return (
+        autotune_smem_bytes(cfg) <= device.smem_bytes
+        and max(cfg.w1, cfg.w2) * lane <= 1024
+        and (cfg.bm2 is None or cfg.bm2 <= cfg.block_m)
+        and (not cfg.tma2 or _has_tma(device))
+        and not cfg.chain2
+    )
+
+
+def _read_autotune_cache(path: pathlib.Path) -> dict[int, MoeConfig]:
+    # A missing cache is empty; a corrupt one, or one in another version's
+    # schema, is ignored (and replaced at the next write) with a warning.
+    if not path.is_file():
+        return {}
+    try:
+        return {b: c for b, c in _parse_table(str(path)) if c is not None}
+    except MoeConfigError as exc:
+        _log.warning(
+            "ignoring the MoE autotune cache: %s; its buckets are tuned again and "
+            "the file rewritten",
+            exc,
+        )
+        return {}
+
+
+def _write_autotune_cache(path: pathlib.Path, bucket: int, cfg: MoeConfig) -> None:
+    # Merged with what is on disk now (another process may have added buckets),
+    # written to a temporary file in the same folder and renamed over the cache:
+    # readers see the old file or the new one, never a part. Two processes
+    # writing at once can lose one's bucket (tuned again later), never corrupt.
+    table = _read_autotune_cache(path)
+    table[bucket] = cfg
+    text = json.dumps({str(b): c.overrides() for b, c in sorted(table.items())})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        _log.warning(
+            "cannot write the MoE autotune cache %s (%s); the choice holds for this "
+            "process only",
+            path,
+            exc,
+        )
+
+
+def _pipeline_timer(run):
+    """``measure(cfg) -> ms`` for :func:`autotune_moe_config` on the GPU: ``run(cfg)``
+    (the pipeline on the caller's inputs) once, checked against the first
+    candidate's output, then captured in a CUDA/HIP graph whose replays
+    ``triton.testing.do_bench`` times (median, L2 cleared before each; in a graph
+    the host's launch cost, which would hide the kernels' at small M, is gone).
+    ``inf`` for a candidate that fails to build or run, or gives another result."""
+    from triton.testing import do_bench
+
+    first = []
+
+    def measure(cfg: MoeConfig) -> float:
+        try:
+            out = run(cfg).float()
+            if not first:
+                first.append(out)
+            ref = first[0]
+            dev = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            if not (math.isfinite(dev) and dev <= _AUTOTUNE_TOL):
+                _log.debug("autotune: %s deviates by %.2e, skipped", cfg, dev)
+                return math.inf
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                run(cfg)
+            return do_bench(graph.replay, warmup=5, rep=25, return_mode="median")
+        except Exception as exc:  # noqa: BLE001 - out of resources and the like
+            _log.debug("autotune: %s failed (%s), skipped", cfg, exc)
+            return math.inf
+
+    return measure
 
 
 # --------------------------------------------------------------------------------------
@@ -2390,7 +2773,7 @@ def plan_moe_fp8(
         cfg = _INTERPRETER_CONFIG.as_dict()
     else:
         device = device_info(hidden_states.device)
-        cfg = select_moe_config(
+        choice = select_moe_config(
             device,
             E,
             N,
@@ -2399,8 +2782,38 @@ def plan_moe_fp8(
             num_cols=num_cols,
             block_shape=block_shape,
             static_scales=static,
-        ).config.as_dict()
-        cfg = _fit_arch(cfg, device.arch)
+        )
+        if M and hidden_states.is_cuda and autotune_enabled():
+
+            def run(cfg):
+                return fused_moe_fp8(
+                    hidden_states,
+                    w13,
+                    w2,
+                    topk_weights,
+                    topk_ids,
+                    w13_scale=w13_scale,
+                    w2_scale=w2_scale,
+                    block_shape=block_shape,
+                    num_fused_shared_experts=num_fused_shared_experts,
+                    a13_scale=a13_scale,
+                    a2_scale=a2_scale,
+                    config=cfg,
+                )
+
+            choice = autotune_moe_config(
+                choice,
+                device,
+                E,
+                N,
+                K,
+                M,
+                _pipeline_timer(run),
+                num_cols=num_cols,
+                block_shape=block_shape,
+                static_scales=static,
+            )
+        cfg = _fit_arch(choice.config.as_dict(), device.arch)
     if a2 is not None:
         cfg["quant_h"] = True  # the intermediate is quantised with the given scale
 
