@@ -5,16 +5,21 @@ or a URL; fetched into the tool's cache first) or the cache itself
 (``~/.cache/atom-ckfree/aiter.git``, see :func:`atom_ckfree.upstream.cache_repo`).
 The commit is the last one of AITER's ``main`` (first parents) not newer than the
 ATOM pin, extracted once per commit into an ignored folder of this repository;
-AITER's Python is imported from there through stub packages, never copied.
+AITER's Python is imported from there through stub packages, never copied. Without
+a git source, an installed ``amd-aiter`` wheel's ``aiter`` package is the fallback
+(found, not imported: its ``__init__`` needs ROCm), whatever its version.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import tarfile
 from pathlib import Path
 
 from . import project, upstream
+from .errors import CkfreeError
 from .workspace import git
 
 ENV = "ATOM_CKFREE_AITER"
@@ -74,3 +79,42 @@ def _home_relative(path: Path) -> str:
         return f"~/{path.relative_to(Path.home())}"
     except ValueError:
         return str(path)
+
+
+def pinned_package() -> tuple[Path | None, str]:
+    """(AITER's ``aiter`` package directory, where it comes from), or (None, why
+    there is none): the git source at the pinned commit, else an installed
+    ``amd-aiter`` wheel."""
+    try:
+        repo, where = aiter_git()
+    except CkfreeError as error:  # ATOM_CKFREE_AITER names nothing fetchable
+        repo, where = None, f"no AITER source: {error.message}"
+    if repo is not None:
+        commit = pinned_commit(repo)
+        if commit is not None:
+            return extract(repo, commit), f"AITER {commit[:12]} from {where}"
+        where = f"{where} has no main commit before {project.current().pin_date}"
+    wheel = _installed_wheel()
+    if wheel is not None:
+        return wheel
+    return None, where
+
+
+def _installed_wheel() -> tuple[Path, str] | None:
+    try:
+        spec = importlib.util.find_spec("aiter")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(next(iter(spec.submodule_search_locations)))
+    if not (package / "ops" / "triton").is_dir():
+        return None
+    try:
+        version = importlib.metadata.version("amd-aiter")
+    except importlib.metadata.PackageNotFoundError:
+        version = "of unknown version"
+    return package, (
+        f"the installed amd-aiter {version} at {package} (a fallback: not the AITER "
+        f"commit of {project.current().pin_date})"
+    )

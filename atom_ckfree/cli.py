@@ -111,6 +111,9 @@ def cmd_apply(args) -> int:
 
 
 def cmd_checkout(args) -> int:
+    if args.aiter_upstream:
+        # AITER's history for the aiter tests and AMD builds (aiter_source)
+        upstream.update_cache(args.aiter_upstream, "main", required=True, name="aiter")
     sha = upstream.checkout(Path(args.dest), args.upstream, args.ref)
     if args.json:
         report.print_json(
@@ -361,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the manifest's URL)",
     )
     p.add_argument("--ref", help="commit, branch or tag (default: the pin)")
+    p.add_argument(
+        "--aiter-upstream",
+        metavar="URL_OR_PATH",
+        help="also fetch AITER's main from this URL or git directory into the cache "
+        "(the source of the aiter tests and the AMD builds)",
+    )
     p = verb(
         "export",
         cmd_export,

@@ -1,9 +1,10 @@
 """AITER's own Triton kernels, loaded from its git source, for the ``aiter`` tests.
 
 The source is ``ATOM_CKFREE_AITER`` (an AITER git directory, clone or URL) or the
-tool's cache ``~/.cache/atom-ckfree/aiter.git`` (``atom_ckfree.aiter_source``). Its
-Python, at the AITER commit that matches the ATOM pin, is extracted into the ignored
-``.aiter/`` folder and its Triton modules are imported through stub
+tool's cache ``~/.cache/atom-ckfree/aiter.git`` (``atom_ckfree.aiter_source``;
+``apply-patches checkout --aiter-upstream`` seeds it), else an installed ``amd-aiter``
+wheel. Its Python, at the AITER commit that matches the ATOM pin, is extracted into
+the ignored ``.aiter/`` folder and its Triton modules are imported through stub
 packages ``aiter``, ``aiter.jit``, ``aiter.jit.utils``, ``aiter.ops`` and
 ``aiter.ops.triton`` whose ``__path__`` points there (AITER's own package
 ``__init__`` needs its compiled extensions and ROCm). Nothing of AITER is copied into
@@ -25,7 +26,6 @@ import pytest
 import torch
 
 from atom_ckfree import aiter_source as aiter_source_module
-from atom_ckfree import project
 
 # The kernels run under the Triton interpreter (unless told otherwise, as on a GPU); it
 # must be on while they are built (at import) and while they run.
@@ -37,16 +37,10 @@ STUBS = ("aiter", "aiter.jit", "aiter.jit.utils", "aiter.ops", "aiter.ops.triton
 def aiter_source() -> pathlib.Path:
     """AITER's ``aiter`` package at the commit that matches the ATOM pin (extracted
     once, see ``atom_ckfree.aiter_source``). Skips, loudly, without an AITER source."""
-    repo, where = aiter_source_module.aiter_git()
-    if repo is None:
+    package, where = aiter_source_module.pinned_package()
+    if package is None:
         pytest.skip(f"NO AITER SOURCE: the aiter tests are skipped: {where}")
-    commit = aiter_source_module.pinned_commit(repo)
-    if commit is None:
-        pytest.skip(
-            f"NO AITER SOURCE: {where} has no main commit before "
-            f"{project.current().pin_date}"
-        )
-    return aiter_source_module.extract(repo, commit)
+    return package
 
 
 @pytest.fixture(autouse=True, scope="session")

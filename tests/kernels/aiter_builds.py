@@ -58,19 +58,9 @@ def aiter_package() -> tuple[pathlib.Path | None, str]:
     """(AITER's package directory at the pinned commit, a description), or
     (None, why not)."""
     sys.path.insert(0, str(ROOT))
-    from atom_ckfree import aiter_source, project
-    from atom_ckfree.errors import CkfreeError
+    from atom_ckfree import aiter_source
 
-    try:
-        repo, where = aiter_source.aiter_git()
-    except CkfreeError as error:  # ATOM_CKFREE_AITER names nothing fetchable
-        return None, f"no AITER source: {error}"
-    if repo is None:
-        return None, where
-    commit = aiter_source.pinned_commit(repo)
-    if commit is None:
-        return None, f"{where} has no main commit before {project.current().pin_date}"
-    return aiter_source.extract(repo, commit), f"AITER {commit[:12]} from {where}"
+    return aiter_source.pinned_package()
 
 
 def _chip_driver(target):

@@ -34,6 +34,15 @@ def aiter_clone(tmp_path):
 
 
 @pytest.fixture
+def atom_git():
+    """ATOM's history from the machine's cache (the integration tests' source)."""
+    repo = upstream.cache_repo("atom")
+    if not (repo / "HEAD").exists():
+        pytest.skip(f"NO ATOM SOURCE: {repo} is not seeded")
+    return repo
+
+
+@pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ATOM_CKFREE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(aiter_source.ENV, raising=False)
@@ -69,3 +78,34 @@ def test_unfetchable_env_var_is_one_clear_error(cache, monkeypatch, tmp_path):
     monkeypatch.setenv(aiter_source.ENV, str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="cannot fetch"):
         aiter_source.aiter_git()
+
+
+@pytest.mark.integration
+def test_checkout_seeds_the_aiter_cache(aiter_clone, tmp_path, monkeypatch, atom_git):
+    """``apply-patches checkout --aiter-upstream`` fetches AITER's main into the
+    cache that the aiter tests read (ATOM itself from the machine's cache)."""
+    from atom_ckfree.cli import main
+
+    monkeypatch.setenv("ATOM_CKFREE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(aiter_source.ENV, raising=False)
+    clone, before = aiter_clone
+    dest = tmp_path / "atom"
+    assert main(["checkout", str(dest), "--upstream", str(atom_git),
+                 "--aiter-upstream", str(clone)]) == 0  # fmt: skip
+    package, where = aiter_source.pinned_package()
+    assert package is not None and before[:12] in where
+    assert (package / "version.py").read_text() == "NAME = 'before the pin'\n"
+
+
+def test_an_installed_wheel_is_the_fallback(cache, tmp_path, monkeypatch):
+    """Without a git source, an ``aiter`` package on the path (as the amd-aiter
+    wheel installs it) is used, found without being imported, and named as a
+    fallback."""
+    site = tmp_path / "site"
+    (site / "aiter" / "ops" / "triton").mkdir(parents=True)
+    (site / "aiter" / "__init__.py").write_text("raise ImportError('needs ROCm')\n")
+    assert aiter_source.pinned_package()[0] is None
+    monkeypatch.syspath_prepend(str(site))
+    package, where = aiter_source.pinned_package()
+    assert package == site / "aiter"
+    assert "amd-aiter" in where and "fallback" in where
