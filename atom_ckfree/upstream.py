@@ -98,7 +98,9 @@ def update_cache(
                 shutil.rmtree(repo, ignore_errors=True)
             raise UserError(
                 f"cannot fetch branch {branch} of {upstream}",
-                "check the URL or path (--upstream), or the network",
+                "check the URL or path "
+                f"({'--upstream' if name == 'atom' else f'--{name}-upstream'}), "
+                "or the network",
                 error.stderr,
             ) from error
         print(

@@ -341,6 +341,18 @@ def test_checkout_into_a_file_is_refused(tmp_path):
     assert dest.read_text() == "mine\n"
 
 
+def test_checkout_with_an_aiter_upstream_that_is_not_git_is_refused(tmp_path):
+    env = {"ATOM_CKFREE_CACHE": str(tmp_path / "cache")}
+    nowhere = tmp_path / "no-aiter"
+    run = run_cli(
+        "checkout", str(tmp_path / "dest"), "--aiter-upstream", str(nowhere), env=env
+    )
+    line = refused(run, 2, nowhere)
+    assert "--aiter-upstream" in line
+    assert not (tmp_path / "dest").exists()
+    assert not (tmp_path / "cache" / "aiter.git").exists()
+
+
 # --- export's arguments ---------------------------------------------------------------
 
 
