@@ -26,7 +26,6 @@ from .reference import attention, rms_norm, rope
 pytestmark = pytest.mark.aiter
 
 HALF = torch.float16
-BLOCK = 16
 BASE = 10000.0
 
 
@@ -38,7 +37,8 @@ class Case:
     env: tuple = (("ATOM_CK_FREE", "1"),)
     ck: bool = True
     norms: bool = True  # q_norm / k_norm (Qwen3-style), CK-free paths only
-    backend: str = "asm"  # the decode backend the case expects: asm or triton
+    backend: str = "asm"  # the decode backend: asm, asm-persistent or triton
+    block: int = 16  # tokens a cache block (1024: ATOM's persistent ASM PA)
 
 
 CK_FREE_FORCE_TRITON = (("ATOM_CK_FREE", "1"), ("AITER_FORCE_TRITON_ATTN", "1"))
@@ -46,6 +46,8 @@ CASES = {
     "asm-h128": Case(128),
     "asm-h128-fp8": Case(128, "fp8"),
     "asm-h128-no-ck": Case(128, env=(), ck=False),
+    "asm-persistent-h128": Case(128, backend="asm-persistent", block=1024),
+    "asm-persistent-h128-fp8": Case(128, "fp8", backend="asm-persistent", block=1024),
     "triton-h64": Case(64, backend="triton"),
     "triton-h64-fp8": Case(64, "fp8", backend="triton"),
     "triton-h128-forced": Case(128, env=CK_FREE_FORCE_TRITON, backend="triton"),
@@ -101,11 +103,11 @@ class Layer:
         x = 16 // cache_dtype.itemsize  # model_runner.py:1058
         self.kv_layer = types.SimpleNamespace(
             k_cache=torch.zeros(
-                num_blocks, hk, case.head // x, BLOCK, x, dtype=cache_dtype
+                num_blocks, hk, case.head // x, case.block, x, dtype=cache_dtype
             ).to(device),
-            v_cache=torch.zeros(num_blocks, hk, case.head, BLOCK, dtype=cache_dtype).to(
-                device
-            ),
+            v_cache=torch.zeros(
+                num_blocks, hk, case.head, case.block, dtype=cache_dtype
+            ).to(device),
             k_scale=None,
             v_scale=None,
         )
@@ -114,7 +116,7 @@ class Layer:
                 setattr(
                     self.kv_layer,
                     name,
-                    torch.zeros(num_blocks, hk, BLOCK, device=device),
+                    torch.zeros(num_blocks, hk, case.block, device=device),
                 )
         per_seq = num_blocks // len(lens)
         self.table = (
@@ -123,13 +125,14 @@ class Layer:
             .to(torch.int32)
             .to(device)
         )
-        config = types.SimpleNamespace(kv_cache_block_size=BLOCK)
+        config = types.SimpleNamespace(kv_cache_block_size=case.block)
         mha.get_current_atom_config = lambda: config
         # what a model hands the layer, per sequence: q, k, v of every token so far
         self.history = [[] for _ in lens]
 
     def _slots(self, seq, positions):
-        return self.table[seq, positions // BLOCK].long() * BLOCK + positions % BLOCK
+        bs = self.case.block
+        return self.table[seq, positions // bs].long() * bs + positions % bs
 
     def step(self, new_tokens, g, prefill):
         """One forward over ``new_tokens[s]`` new tokens of each sequence."""
@@ -152,6 +155,10 @@ class Layer:
 
         cu_q = torch.tensor([0, *torch.tensor(new_tokens).cumsum(0).tolist()])
         cu_k = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+        # the pages each sequence fills, packed (what persistent ASM PA reads)
+        pages = [-(-n // self.case.block) for n in lens]
+        kv_indices = torch.cat([self.table[s, :p] for s, p in enumerate(pages)])
+        kv_indptr = torch.tensor([0, *torch.tensor(pages).cumsum(0).tolist()])
         metadata = AttentionMetaData(
             cu_seqlens_q=cu_q.to(torch.int32).to(self.device),
             cu_seqlens_k=cu_k.to(torch.int32).to(self.device),
@@ -161,6 +168,8 @@ class Layer:
             slot_mapping=torch.cat(slots),
             context_lens=torch.tensor(lens, dtype=torch.int32, device=self.device),
             block_tables=self.table,
+            kv_indptr=kv_indptr.to(torch.int32).to(self.device),
+            kv_indices=kv_indices,
         )
         fwd_ctx = types.SimpleNamespace(
             context=types.SimpleNamespace(is_dummy_run=False, is_prefill=prefill),
@@ -202,7 +211,7 @@ class Layer:
         upstream's ASM path), else the layer's one per-tensor ``kv_scale``."""
         fp8 = _aiter_fp8()
         x = x.to(HALF).float()
-        if self.case.backend == "asm":
+        if self.case.backend.startswith("asm"):
             scale = x.abs().amax(-1, keepdim=True) / torch.finfo(fp8).max
         else:
             scale = torch.tensor(self.attn.kv_scale_float)
@@ -238,6 +247,8 @@ def test_prefill_then_decode_matches_torch(atom_on_aiter, device, name):
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol)
         calls = _calls(atom.fake)
         assert ("pa_fwd_asm" in calls) == (case.backend == "asm"), calls
+        persistent = case.backend == "asm-persistent"
+        assert ("pa_persistent_fwd" in calls) == persistent, calls
         assert ("pa_decode_gluon" in calls) == (case.backend == "triton"), calls
     if case.env or not case.ck:  # the CK-free mode
         assert atom.fake.touched_ck() == []

@@ -411,6 +411,61 @@ def pa_decode_gluon(
         output[rows] = torch.einsum("hqk,khd->qhd", p, vv).to(output.dtype)
 
 
+def pa_persistent_fwd(
+    Q,
+    K,
+    V,
+    output,
+    max_qlen,
+    qo_indptr,
+    kv_indptr,
+    kv_indices,
+    context_lens,
+    work_indptr=None,
+    work_info=None,
+    reduce_indptr=None,
+    reduce_final_map=None,
+    reduce_partial_map=None,
+    K_QScale=None,
+    V_QScale=None,
+    softmax_scale=None,
+    mask=0,
+):
+    """``aiter.pa_persistent_fwd`` (``aiter/ops/attention.py:313-380``: the persistent
+    ASM kernel ``pa_ps_fwd_asm`` and its reduction), what ATOM runs for 1024-token
+    blocks: the caches in the ASM layout of ``pa_fwd_asm`` (``:315-316``); sequence
+    ``b``'s queries are rows ``qo_indptr[b]:qo_indptr[b+1]`` of ``Q``, its pages
+    ``kv_indices[kv_indptr[b]:kv_indptr[b+1]]`` (``:319-321``) holding
+    ``context_lens[b]`` tokens; per-token FP8 scales ``[num_blocks, kv_heads,
+    block_size]`` (``:329-330``); ``softmax_scale`` defaults to ``1 / sqrt(head)``
+    (``:336-337``); ``mask=1`` is causal within a sequence's queries. The work and
+    reduce maps only divide the work. Writes ``output``; returns ``(output, None)``
+    (no LSE)."""
+    num_blocks, kv_heads, dx, block_size, x = K.shape
+    head_size = dx * x
+    kf = k_cache_view(K).float()
+    vf = v_cache_view(V, x, head_size, asm_layout=True).float()
+    if K.element_size() == 1:
+        want = (num_blocks, kv_heads, block_size)
+        for sc in (K_QScale, V_QScale):
+            if sc is None or sc.numel() != kf.numel() // head_size:
+                raise ValueError(
+                    f"pa_persistent_fwd: FP8 needs per-token scales {want}"
+                )
+        kf = kf * K_QScale.reshape(*want, 1)
+        vf = vf * V_QScale.reshape(*want, 1)
+    scale = softmax_scale if softmax_scale is not None else head_size**-0.5
+    for b in range(context_lens.shape[0]):
+        q0, q1 = int(qo_indptr[b]), int(qo_indptr[b + 1])
+        pages = kv_indices[int(kv_indptr[b]) : int(kv_indptr[b + 1])].long()
+        n = int(context_lens[b])
+        k = kf[pages].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
+        v = vf[pages].permute(0, 2, 1, 3).reshape(-1, kv_heads, head_size)[:n]
+        keep = _causal_mask(q1 - q0, n, device=Q.device) if mask == 1 else None
+        output[q0:q1] = _attend(Q[q0:q1], k, v, scale, keep).to(output.dtype)
+    return output, None
+
+
 def _causal_mask(lq, lk, window_left=-1, window_right=-1, device=None):
     """Bottom-right aligned mask (query i sits at key position i + lk - lq), with the
     optional sliding window [pos - left, pos + right]."""

@@ -156,7 +156,7 @@ ENTRIES: dict[str, dict[str, Any]] = {
             contracts.reshape_and_cache_with_pertoken_quant
         ),
         "pa_fwd_asm": contracts.pa_fwd_asm,
-        "pa_persistent_fwd": None,
+        "pa_persistent_fwd": contracts.pa_persistent_fwd,
         "get_pa_metadata_info_v1": _pa_metadata_info,
         "get_pa_metadata_v1": None,
         # CK attention
