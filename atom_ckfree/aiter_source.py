@@ -12,8 +12,8 @@ a git source, an installed ``amd-aiter`` wheel's ``aiter`` package is the fallba
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.metadata
-import importlib.util
 import os
 import tarfile
 from pathlib import Path
@@ -101,10 +101,9 @@ def pinned_package() -> tuple[Path | None, str]:
 
 
 def _installed_wheel() -> tuple[Path, str] | None:
-    try:
-        spec = importlib.util.find_spec("aiter")
-    except (ImportError, ValueError):
-        return None
+    # The path finder, not importlib.util.find_spec: that answers from sys.modules,
+    # where a test's fake aiter may already sit.
+    spec = importlib.machinery.PathFinder.find_spec("aiter")
     if spec is None or not spec.submodule_search_locations:
         return None
     package = Path(next(iter(spec.submodule_search_locations)))

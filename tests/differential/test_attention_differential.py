@@ -61,14 +61,14 @@ def run_mha(entry, label, monkeypatch, **config):
 
 
 def mha_config(phase, head_dim, window, kv_dtype, block_size, max_seqlen_q):
-    return dict(
-        prefill=phase == "prefill",
-        head_dim=head_dim,
-        sliding_window=window,
-        kv_dtype=kv_dtype,
-        block_size=block_size,
-        max_seqlen_q=max_seqlen_q,
-    )
+    return {
+        "prefill": phase == "prefill",
+        "head_dim": head_dim,
+        "sliding_window": window,
+        "kv_dtype": kv_dtype,
+        "block_size": block_size,
+        "max_seqlen_q": max_seqlen_q,
+    }
 
 
 @with_grid

@@ -4,6 +4,7 @@ matches the ATOM pin, extracted once."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
@@ -109,3 +110,17 @@ def test_an_installed_wheel_is_the_fallback(cache, tmp_path, monkeypatch):
     package, where = aiter_source.pinned_package()
     assert package == site / "aiter"
     assert "amd-aiter" in where and "fallback" in where
+
+
+def test_the_fallback_looks_past_an_imported_fake(cache, tmp_path, monkeypatch):
+    """A fake ``aiter`` already in ``sys.modules`` (the aiter tests leave one) does
+    not hide the installed wheel, and is not mistaken for it."""
+    import types
+
+    site = tmp_path / "site"
+    (site / "aiter" / "ops" / "triton").mkdir(parents=True)
+    (site / "aiter" / "__init__.py").write_text("raise ImportError('needs ROCm')\n")
+    monkeypatch.setitem(sys.modules, "aiter", types.ModuleType("aiter"))
+    assert aiter_source.pinned_package()[0] is None
+    monkeypatch.syspath_prepend(str(site))
+    assert aiter_source.pinned_package()[0] == site / "aiter"
