@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import journal, project, treelock
-from .edits import FORMATS, Conflict
+from .edits import FORMATS, Conflict, Moot, Obsolete
 from .errors import FaultError, UserError
 from .series import Series
 from .states import Outcome, SeriesState, UnitState
@@ -34,6 +34,7 @@ class Unit:
     id: str
     state: UnitState
     conflict: Conflict | None = None
+    evidence: str | None = None  # why it is obsolete: the upstream commit
 
 
 @dataclass
@@ -56,7 +57,7 @@ class SeriesPlan:
         states = [u.state for u in self.units]
         if UnitState.CONFLICT in states:
             return SeriesState.CONFLICTING
-        if all(s == UnitState.APPLIED for s in states):
+        if all(s in (UnitState.APPLIED, UnitState.OBSOLETE) for s in states):
             return SeriesState.APPLIED
         if all(s == UnitState.PENDING for s in states):
             return SeriesState.NOT_APPLIED
@@ -89,7 +90,7 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
             missing = Conflict(
                 edits[0].id, f"the file {path}", "no such file in the tree"
             )
-            plan.units += [Unit(path, e.id, UnitState.CONFLICT, missing) for e in edits]
+            plan.units += [_on_missing_file(path, e, missing) for e in edits]
             continue
         fmt = FORMATS[edits[0].format]
         doc = fmt.parse(text)
@@ -103,6 +104,11 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
                 if edited:
                     conflict = _on_original(edit, fmt, text, conflict)
                 plan.units.append(Unit(path, edit.id, UnitState.CONFLICT, conflict))
+                continue
+            except Moot as moot:
+                plan.units.append(
+                    Unit(path, edit.id, UnitState.OBSOLETE, evidence=moot.evidence)
+                )
                 continue
             edited = edited or changed
             plan.units.append(
@@ -132,6 +138,14 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
                 )
             )
     return plan
+
+
+def _on_missing_file(path: str, edit, missing: Conflict) -> Unit:
+    """An edit of a file upstream deleted is obsolete where it says so (an
+    :class:`Obsolete` whose ``gone`` answers yes for no document), else a conflict."""
+    if isinstance(edit, Obsolete) and edit.gone(None):
+        return Unit(path, edit.id, UnitState.OBSOLETE, evidence=edit.evidence)
+    return Unit(path, edit.id, UnitState.CONFLICT, missing)
 
 
 def _on_original(edit, fmt, text: str, conflict: Conflict) -> Conflict:

@@ -23,7 +23,8 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "upstream": {"name": str, "url": str, "branch": str},
     "tree": {"package": str, "markers": list},
     "branches": {"checkout": str, "export_prefix": str, "commit_title": str},
-    "tests": {"command": list, "paths": list},
+    "tests": {"command": list, "paths": list, "runner": str, "runner_report_env": str},
+    "lint": {"select": list},
 }
 _BASE = {"name": str, "commit": str, "date": str, "note": str}
 
@@ -49,6 +50,11 @@ class Project:
     commit_title: str
     test_command: tuple[str, ...]
     test_paths: tuple[str, ...]
+    test_runner: str  # upstream's own script, where a commit has it
+    test_runner_report_env: str  # where that script is told to write its JUnit report
+    lint_select: tuple[
+        str, ...
+    ]  # ruff's rules where the tree has no ruff configuration
     companions: dict[str, str]
 
     @property
@@ -129,6 +135,9 @@ def load(patches: Path) -> Project:
         commit_title=sections["branches"]["commit_title"],
         test_command=tuple(sections["tests"]["command"]),
         test_paths=tuple(sections["tests"]["paths"]),
+        test_runner=sections["tests"]["runner"],
+        test_runner_report_env=sections["tests"]["runner_report_env"],
+        lint_select=tuple(sections["lint"]["select"]),
         companions=_companions(data.get("companions", {}), path),
     )
 

@@ -237,14 +237,21 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _tests_cell(tests: dict | None) -> str:
+    """The tests check's count before → after a series ("–" when not run)."""
+    if not tests:
+        return "–"
+    return f"{tests['tests_before']} → {tests.get('tests_after', '–')}"
+
+
 def sweep_markdown(reports, rows: list[dict] | None) -> str:
     """The sweep for an issue or a job summary."""
     last = reports[-1]
     lines = [
         f"## atom-ckfree sweep onto ATOM `{last.commit[:12]}` ({last.date}): {_cell(last.subject)}",
         "",
-        "| # | series | verdict | already upstream | `git apply --3way` | details |",
-        "|---|---|---|---|---|---|",
+        "| # | series | verdict | already upstream | `git apply --3way` | tests run | details |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v in last.verdicts:
         three = {True: "applies", False: "fails", None: "–"}[v.three_way]
@@ -254,7 +261,7 @@ def sweep_markdown(reports, rows: list[dict] | None) -> str:
         if v.culprit:
             detail += f"<br>broken by upstream `{v.culprit[:12]}`"
         lines.append(
-            f"| {v.series} | {v.name} | **{v.verdict}** | {len(v.upstream_edits)} edits | {three} | {detail} |"
+            f"| {v.series} | {v.name} | **{v.verdict}** | {len(v.upstream_edits)} edits | {three} | {_tests_cell(v.tests)} | {detail} |"
         )
     if rows:
         lines += [
@@ -289,7 +296,7 @@ def sweep_markdown(reports, rows: list[dict] | None) -> str:
 def show_sweep(reports, rows: list[dict] | None) -> None:
     last = reports[-1]
     console.print(f"ATOM {last.commit[:12]} ({last.date}) {escape(last.subject)}")
-    grid = table("#", "series", "verdict", "upstream", "--3way", "problems")
+    grid = table("#", "series", "verdict", "upstream", "--3way", "tests", "problems")
     for v in last.verdicts:
         grid.add_row(
             str(v.series),
@@ -297,6 +304,7 @@ def show_sweep(reports, rows: list[dict] | None) -> None:
             v.verdict,
             str(len(v.upstream_edits)),
             {True: "applies", False: "fails", None: "-"}[v.three_way],
+            _tests_cell(v.tests),
             str(len(v.details)),
         )
     console.print(grid)

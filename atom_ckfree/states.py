@@ -25,6 +25,7 @@ class UnitState(Word):
     APPLIED = "applied"
     PENDING = "pending"
     CONFLICT = "conflict"
+    OBSOLETE = "obsolete"  # upstream removed or replaced what it changes
 
 
 class SeriesState(Word):
@@ -54,14 +55,24 @@ class Verdict(Word):
 
     VERIFIED = "applied+verified"
     ALREADY_UPSTREAM = "already upstream"
+    OBSOLETE = (
+        "obsolete"  # nothing left to do, and some of it because upstream moved on
+    )
+    UNVERIFIABLE = (
+        "unverifiable"  # applies, but the unpatched suite ran nothing to compare
+    )
     VERIFY_FAILED = "verify-failed"
     DRIFTED = "drifted"
 
     @property
     def good(self) -> bool:
-        return self in (Verdict.VERIFIED, Verdict.ALREADY_UPSTREAM)
+        return self in (Verdict.VERIFIED, Verdict.ALREADY_UPSTREAM, Verdict.OBSOLETE)
 
     @property
     def rank(self) -> int:
         """0 good, then worse: a baseline comparison fails when the rank rises."""
-        return {Verdict.VERIFY_FAILED: 1, Verdict.DRIFTED: 2}.get(self, 0)
+        return {
+            Verdict.UNVERIFIABLE: 1,
+            Verdict.VERIFY_FAILED: 1,
+            Verdict.DRIFTED: 2,
+        }.get(self, 0)

@@ -1,8 +1,11 @@
 """The nightly rebase job: every series onto an upstream commit, verified.
 
 Per series the verdict is ``applied+verified``, ``already upstream`` (each edit finds
-its effect already there), ``drifted`` (an anchor moved or vanished: the conflicts
-say where) or ``verify-failed`` (it applies, and a check then finds something new).
+its effect already there), ``obsolete`` (nothing left to do, some of it because
+upstream removed or replaced what an edit changes: each names the commit), ``drifted`` (an anchor moved or vanished: the conflicts
+say where), ``verify-failed`` (it applies, and a check then finds something new) or
+``unverifiable`` (it applies, but the unpatched tree's suite ran no test, or did not
+finish, so there is nothing to compare the patched tree's with).
 A range sweep samples upstream history in one reused scratch tree, and for a series
 that drifts between two samples finds the upstream commit that did it by bisecting
 the commits that touched its files (planning reads files straight from git there,
@@ -38,8 +41,10 @@ class SeriesVerdict:
     verdict: Verdict
     details: list[str] = field(default_factory=list)
     upstream_edits: list[str] = field(default_factory=list)  # edits already upstream
+    obsolete_edits: list[str] = field(default_factory=list)  # "id: upstream evidence"
     three_way: bool | None = None  # did the pin-made patch apply with git apply --3way
     culprit: str | None = None  # the upstream commit that broke it (range sweeps)
+    tests: dict | None = None  # the tests check: runner, tests_before, tests_after
 
     def data(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
@@ -183,16 +188,28 @@ def sweep_commit(
             for u in plan.units
             if u.state == UnitState.APPLIED and not u.id.startswith("overlay:")
         ]
+        verdict.obsolete_edits = [
+            f"{u.id}: {u.evidence}" for u in plan.units if u.state == UnitState.OBSOLETE
+        ]
         if plan.conflicts:
             verdict.verdict = Verdict.DRIFTED
             verdict.details = [conflict_text(series.number, u) for u in plan.conflicts]
         elif not plan.changes:
-            verdict.verdict = Verdict.ALREADY_UPSTREAM
+            verdict.verdict = (
+                Verdict.OBSOLETE if verdict.obsolete_edits else Verdict.ALREADY_UPSTREAM
+            )
         else:
             engine.write(tree, plan, commit=False, total=len(all_series))
             found = verify.problems(tree.path, list(plan.changes), checks, before)
-            verdict.verdict = Verdict.VERIFY_FAILED if found else Verdict.VERIFIED
-            verdict.details = found
+            verdict.tests = found.tests
+            verdict.details = found.problems
+            if found.problems:
+                verdict.verdict = Verdict.VERIFY_FAILED
+            elif found.unverifiable:
+                verdict.verdict = Verdict.UNVERIFIABLE
+                verdict.details = [found.unverifiable]
+            else:
+                verdict.verdict = Verdict.VERIFIED
         verdicts.append(verdict)
     if patches:
         _stack_three_way(scratch.at(commit), verdicts, patches)

@@ -41,8 +41,9 @@ def load_file(path: Path, name: str):
 
 
 OVERLAY = Path(__file__).resolve().parents[1] / "overlay"
-# the upstream commit the series are written against (patches/project.toml)
+# the upstream commits the series are written against (patches/project.toml)
 PIN = project.load(OVERLAY.parent / "patches").pin
+MAIN = project.load(OVERLAY.parent / "patches").base("main").commit
 
 
 def load_overlay(relpath: str, name: str, interpret: bool = True):

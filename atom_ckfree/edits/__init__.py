@@ -1,6 +1,6 @@
 """Edit primitives: small, named, idempotent changes to one parsed file each."""
 
-from .base import Conflict, Edit, Unless
+from .base import Conflict, Edit, FirstOf, Moot, Obsolete, Unless
 from .formats import FORMATS
 from .pysyntax import assign, call, defn, if_test, matching, stmt
 from .python import (
@@ -22,7 +22,10 @@ __all__ = [
     "AddImport",
     "Conflict",
     "Edit",
+    "FirstOf",
     "InsertStatements",
+    "Moot",
+    "Obsolete",
     "RenameName",
     "ReplaceArgument",
     "ReplaceStatement",

@@ -64,3 +64,54 @@ class Unless(Edit):
         except Conflict:
             pass
         return self.edit.apply(doc)
+
+
+class Moot(Exception):
+    """Upstream removed or replaced what an edit changes: there is nothing left for
+    it to do, and ``evidence`` names the upstream commit that made it so."""
+
+    def __init__(self, edit_id: str, evidence: str):
+        self.edit_id, self.evidence = edit_id, evidence
+        super().__init__(f"{edit_id}: obsolete: {evidence}")
+
+
+class Obsolete(Edit):
+    """``edit``, unless ``gone(doc)`` shows that upstream removed or replaced the
+    code it changes (``evidence``: the commit and what it did); then the unit is
+    reported obsolete instead of applied or drifted. ``gone(None)`` is asked when
+    the file itself is no longer there."""
+
+    def __init__(self, edit: Edit, gone: Callable[[Any], bool], evidence: str):
+        super().__init__(edit.id)
+        self.edit, self.gone, self.evidence = edit, gone, evidence
+        self.format = edit.format
+
+    def apply(self, doc: Any) -> tuple[Any, bool]:
+        if self.gone(doc):
+            raise Moot(self.id, self.evidence)
+        return self.edit.apply(doc)
+
+
+class FirstOf(Edit):
+    """One change written for more than one upstream: the first alternative whose
+    anchors are all there makes it. Each alternative must make the same change in
+    that upstream's form, and must raise its Conflict before it changes a mutable
+    document (a YAML one); when none fits, the first one's conflict is reported (it
+    is the form the series was written against)."""
+
+    def __init__(self, id: str, *alternatives: Edit):
+        super().__init__(id)
+        if not alternatives or len({a.format for a in alternatives}) != 1:
+            raise ValueError(f"{id}: FirstOf needs alternatives of one format")
+        self.alternatives = alternatives
+        self.format = alternatives[0].format
+
+    def apply(self, doc: Any) -> tuple[Any, bool]:
+        conflicts = []
+        for alternative in self.alternatives:
+            try:
+                return alternative.apply(doc)
+            except Conflict as conflict:
+                conflicts.append(conflict)
+        first = conflicts[0]
+        raise Conflict(self.id, first.expected, first.found, first.line)

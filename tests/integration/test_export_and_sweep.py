@@ -98,6 +98,11 @@ def test_sweep_on_the_pin_verifies_every_series(atom_source, pin_template, capsy
     assert code == 0, verdicts
     assert all(v == "applied+verified" for v, _ in verdicts.values()), verdicts
     assert report["checks"] == ["compile", "lint", "style", "tests"]
+    counts = [s["tests"] for s in report["commits"][0]["series"]]
+    # the pin has no runner script: the manifest's command; no series loses a test
+    assert {c["runner"] for c in counts} == {"python -m pytest -q -m 'not gpu' tests"}
+    assert all(c["tests_before"] > 100 for c in counts), counts
+    assert all(c["tests_after"] >= c["tests_before"] for c in counts), counts
 
 
 def test_sweep_onto_newest_main_reports_precisely(atom_source, pin_template, capsys):

@@ -13,10 +13,12 @@ from atom_ckfree.errors import SeriesError
 PATCHES = Path(__file__).resolve().parents[2] / "patches"
 
 
-def test_the_committed_manifest_names_the_pin_and_the_tree():
+def test_the_committed_manifest_names_both_bases_and_the_tree():
     atom = project.load(PATCHES)
     assert atom.pin == "87460d31c6d651fb89ef6fcc5bddaece165b7933"
-    assert atom.base("pin").commit == atom.pin and atom.base("main") is None
+    assert atom.base("pin").commit == atom.pin
+    assert atom.base("main").commit == "ffdf3bb5ddf8a15a64d521a2eeb3bc7438f9ac21"
+    assert atom.base("next") is None
     assert atom.package == "atom" and "atom/__init__.py" in atom.markers
     assert atom.title(2, 7, "MHA") == "[CK-free 2/7] MHA"
 

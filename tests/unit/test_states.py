@@ -13,6 +13,8 @@ def test_members_print_and_serialise_as_their_words():
     assert Outcome("skipped") is Outcome.SKIPPED
 
 
-def test_verdicts_rank_good_then_verify_failed_then_drifted():
-    assert [v.good for v in Verdict] == [True, True, False, False]
-    assert [v.rank for v in Verdict] == [0, 0, 1, 2]
+def test_verdicts_rank_good_then_unverified_or_failed_then_drifted():
+    """Unverifiable is never good (a suite that ran nothing proves nothing), and
+    ranks with verify-failed: a baseline comparison notices either."""
+    assert [v.good for v in Verdict] == [True, True, True, False, False, False]
+    assert [v.rank for v in Verdict] == [0, 0, 0, 1, 1, 2]
