@@ -127,6 +127,11 @@ def plan_series(series: Series, read: Reader) -> SeriesPlan:
             plan.after[path] = wanted
         elif have == wanted:
             plan.units.append(Unit(path, f"overlay:{path}", UnitState.APPLIED))
+        elif path in series.covered and series.covered[path][0](have):
+            evidence = series.covered[path][1]
+            plan.units.append(
+                Unit(path, f"overlay:{path}", UnitState.OBSOLETE, evidence=evidence)
+            )
         else:
             found = f"{path} exists with other content ({len(have.splitlines())} lines)"
             plan.units.append(

@@ -2,8 +2,11 @@
 
 ``series.toml`` holds ``number``, ``slug``, ``title``, ``depends_on``, ``description``
 (the PR text), ``overlay`` (new files, by their ATOM path, taken from ``overlay/``),
-an ``[edits]`` table mapping each ATOM file the series changes to the module in
-the folder that holds its edits (a list named ``EDITS``), and a ``[tests]`` table:
+``overlay_covered`` (optional: a module of the folder whose ``COVERED`` maps an
+overlay path to ``(covers, evidence)``, for an overlay file upstream later made its
+own: ``covers(their_text)`` says theirs does what ours did), an ``[edits]`` table mapping each ATOM file the series changes to the module in
+the folder that holds its edits (a list named ``EDITS``) — or to a list of
+modules, applied in order, where two files share edits — and a ``[tests]`` table:
 ``atom``, the ATOM test files that cover the series, and ``ckfree``, this project's
 test files that apply it and check it (the PR body lists both).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,11 +36,12 @@ class Series:
     title: str
     description: str
     depends_on: tuple[int, ...]
-    edit_modules: dict[str, str]
+    edit_modules: dict[str, tuple[str, ...]]
     overlay: tuple[str, ...]
     folder: Path
     atom_tests: tuple[str, ...] = ()
     ckfree_tests: tuple[str, ...] = ()
+    covered_module: str | None = None
 
     @property
     def name(self) -> str:
@@ -51,26 +56,57 @@ class Series:
         return self.folder.parent.parent / "overlay" / path
 
     @cached_property
+    def covered(self) -> dict[str, tuple[Callable[[str], bool], str]]:
+        """Overlay path → (does upstream's own file cover ours?, the evidence)."""
+        if self.covered_module is None:
+            return {}
+        path = self.folder / self.covered_module
+        module = _run_module(path, f"atom_ckfree_series.s{self.number:02d}.{path.stem}")
+        covered = getattr(module, "COVERED", None)
+        if not isinstance(covered, dict) or set(covered) - set(self.overlay):
+            raise SeriesError(
+                f"{path}: COVERED must map overlay paths of this series to "
+                "(covers, evidence)"
+            )
+        return covered
+
+    @cached_property
     def edits(self) -> dict[str, list[Edit]]:
         """ATOM path → its edits, loaded from the series' modules."""
         loaded = {}
-        for target, module_file in self.edit_modules.items():
-            path = self.folder / module_file
-            edits = _load_edits(
-                path, f"atom_ckfree_series.s{self.number:02d}.{path.stem}"
-            )
+        for target, module_files in self.edit_modules.items():
+            edits = []
+            for module_file in module_files:
+                path = self.folder / module_file
+                edits += _load_edits(
+                    path, f"atom_ckfree_series.s{self.number:02d}.{path.stem}"
+                )
             formats = {e.format for e in edits}
             if len(formats) != 1 or formats - set(FORMATS):
+                where = self.folder / module_files[-1]
                 raise SeriesError(
-                    f"{path}: edits of one known format expected, got {sorted(formats)}"
+                    f"{where}: edits of one known format expected, got {sorted(formats)}"
                 )
             loaded[target] = edits
         return loaded
 
 
 def _load_edits(path: Path, name: str) -> list[Edit]:
-    """The ``EDITS`` of one module; a module that does not run is the author's error,
-    reported at its file and line."""
+    """The ``EDITS`` of one module."""
+    module = _run_module(path, name)
+    edits = getattr(module, "EDITS", None)
+    if not isinstance(edits, (list, tuple)) or not all(
+        isinstance(e, Edit) for e in edits
+    ):
+        raise SeriesError(f"{path}: EDITS must be a list of edits")
+    if not edits:
+        raise SeriesError(f"{path}: EDITS is empty")
+    return list(edits)
+
+
+def _run_module(path: Path, name: str):
+    """A module of a series folder, run; one that does not run is the author's
+    error, reported at its file and line."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -89,14 +125,7 @@ def _load_edits(path: Path, name: str) -> list[Edit]:
         raise SeriesError(
             f"{where}: the edits module fails to load: {type(error).__name__}: {error}"
         ) from error
-    edits = getattr(module, "EDITS", None)
-    if not isinstance(edits, (list, tuple)) or not all(
-        isinstance(e, Edit) for e in edits
-    ):
-        raise SeriesError(f"{path}: EDITS must be a list of edits")
-    if not edits:
-        raise SeriesError(f"{path}: EDITS is empty")
-    return list(edits)
+    return module
 
 
 # series.toml: key → (its type, the type of its items or values, required)
@@ -107,7 +136,8 @@ _MANIFEST = {
     "description": (str, None, True),
     "depends_on": (list, int, False),
     "overlay": (list, str, False),
-    "edits": (dict, str, False),
+    "overlay_covered": (str, None, False),
+    "edits": (dict, (str, list), False),
 }
 
 
@@ -139,11 +169,20 @@ def _read_manifest(manifest: Path) -> dict:
                 )
             )
         ):
-            wanted = kind.__name__ + (f" of {item.__name__}" if item else "")
+            wanted = kind.__name__ + (f" of {_names(item)}" if item else "")
             raise SeriesError(
                 f"{manifest}: {key!r} must be a {wanted}, got {_shown(value)}"
             )
     return data
+
+
+def _names(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _modules(value: str | list) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _shown(value) -> str:
@@ -159,8 +198,11 @@ def load_series(folder: Path) -> Series:
         title=data["title"],
         description=data["description"].strip(),
         depends_on=tuple(data.get("depends_on", ())),
-        edit_modules=dict(data.get("edits", {})),
+        edit_modules={
+            path: _modules(modules) for path, modules in data.get("edits", {}).items()
+        },
         overlay=tuple(data.get("overlay", ())),
+        covered_module=data.get("overlay_covered"),
         folder=folder,
         atom_tests=tuple(data.get("tests", {}).get("atom", ())),
         ckfree_tests=tuple(data.get("tests", {}).get("ckfree", ())),
@@ -168,7 +210,14 @@ def load_series(folder: Path) -> Series:
     if folder.name != series.name:
         raise SeriesError(f"{folder}: folder name should be {series.name}")
     missing = [p for p in series.overlay if not series.overlay_source(p).is_file()]
-    missing += [m for m in series.edit_modules.values() if not (folder / m).is_file()]
+    if series.covered_module and not (folder / series.covered_module).is_file():
+        missing.append(series.covered_module)
+    missing += [
+        m
+        for modules in series.edit_modules.values()
+        for m in modules
+        if not isinstance(m, str) or not (folder / m).is_file()
+    ]
     if missing:
         raise SeriesError(
             f"{folder / 'series.toml'} names files that do not exist: {missing}"

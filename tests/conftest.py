@@ -19,7 +19,7 @@ import pytest
 from atom_ckfree import engine, upstream
 from atom_ckfree.series import load_all, select
 from atom_ckfree.workspace import WorkTree, identity
-from tests.tools import PIN
+from tests.tools import MAIN, PIN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,16 @@ def pin_template(tmp_path_factory, atom_source) -> Path:
     """One clean checkout at the pin per session; tests copy it (cheap) instead."""
     dest = tmp_path_factory.mktemp("atom-pin") / "atom"
     upstream.checkout(dest, atom_source, PIN)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def main_template(tmp_path_factory, atom_source) -> Path:
+    """One clean checkout at upstream main (the manifest's second base) per session."""
+    if upstream.resolve(MAIN) is None and atom_source is None:
+        pytest.skip(f"the upstream cache has no ATOM main {MAIN[:12]}: {NO_SOURCE}")
+    dest = tmp_path_factory.mktemp("atom-main") / "atom"
+    upstream.checkout(dest, atom_source, MAIN)
     return dest
 
 

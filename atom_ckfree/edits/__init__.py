@@ -1,8 +1,8 @@
 """Edit primitives: small, named, idempotent changes to one parsed file each."""
 
-from .base import Conflict, Edit, FirstOf, Moot, Obsolete, Unless
+from .base import Conflict, Edit, FirstOf, Moot, Obsolete, OnlyWhere, Unless
 from .formats import FORMATS
-from .pysyntax import assign, call, defn, if_test, matching, stmt
+from .pysyntax import assign, call, defn, if_test, imports_from, matching, stmt
 from .python import (
     AddElse,
     AddImport,
@@ -13,6 +13,7 @@ from .python import (
     SetDictEntry,
     WrapInCondition,
     found,
+    missing,
 )
 from .snippets import snippet
 
@@ -26,6 +27,7 @@ __all__ = [
     "InsertStatements",
     "Moot",
     "Obsolete",
+    "OnlyWhere",
     "RenameName",
     "ReplaceArgument",
     "ReplaceStatement",
@@ -35,6 +37,7 @@ __all__ = [
     "call",
     "defn",
     "if_test",
+    "imports_from",
     "matching",
     "snippet",
     "stmt",
@@ -55,6 +58,7 @@ from .yamldoc import (
     SetEntry,
     SwitchOn,
     from_yaml,
+    newer_action,
 )
 
 __all__ += [
@@ -71,4 +75,6 @@ __all__ += [
     "Unless",
     "found",
     "from_yaml",
+    "missing",
+    "newer_action",
 ]

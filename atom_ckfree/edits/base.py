@@ -66,6 +66,26 @@ class Unless(Edit):
         return self.edit.apply(doc)
 
 
+class OnlyWhere(Edit):
+    """``edit`` where ``holds(doc)``; elsewhere a Conflict (``expected`` says what
+    was looked for). For an alternative of :class:`FirstOf` whose anchors fit
+    more than one upstream but whose code fits one: it tells them apart."""
+
+    def __init__(self, edit: Edit, holds: Callable[[Any], bool], expected: str):
+        super().__init__(edit.id)
+        self.edit, self.holds, self.expected = edit, holds, expected
+        self.format = edit.format
+
+    def apply(self, doc: Any) -> tuple[Any, bool]:
+        try:
+            holds = self.holds(doc)
+        except Conflict:
+            holds = False
+        if not holds:
+            raise Conflict(self.id, self.expected, "not so in this file")
+        return self.edit.apply(doc)
+
+
 class Moot(Exception):
     """Upstream removed or replaced what an edit changes: there is nothing left for
     it to do, and ``evidence`` names the upstream commit that made it so."""
@@ -105,6 +125,13 @@ class FirstOf(Edit):
             raise ValueError(f"{id}: FirstOf needs alternatives of one format")
         self.alternatives = alternatives
         self.format = alternatives[0].format
+
+    @classmethod
+    def each(cls, names, make: Callable[[Any], Edit]) -> FirstOf:
+        """``make(name)`` for each name a thing has had upstream (a class, a job,
+        a stage), newest first: one edit for whichever name is there."""
+        alternatives = [make(name) for name in names]
+        return cls(alternatives[0].id, *alternatives)
 
     def apply(self, doc: Any) -> tuple[Any, bool]:
         conflicts = []

@@ -34,6 +34,12 @@ class Entry:
     first: int  # 0-based first line
     last: int  # 0-based last line
     stage: int  # index of the FROM it follows (-1 before the first FROM)
+    stage_name: str | None = None  # that FROM's ``AS name``
+
+    def in_stage(self, stage: int | str) -> bool:
+        return (
+            self.stage == stage if isinstance(stage, int) else self.stage_name == stage
+        )
 
     @property
     def key(self) -> tuple[str, str]:
@@ -44,14 +50,22 @@ def parse(text: str) -> list[Entry]:
     parser = DockerfileParser(
         fileobj=io.BytesIO(text.encode())
     )  # never touches the disk
-    entries, stage = [], -1
+    entries, stage, name = [], -1, None
     for item in parser.structure:
         keyword = item["instruction"].upper()
         if keyword == "FROM":
             stage += 1
+            words = item["value"].split()
+            named = len(words) >= 3 and words[-2].upper() == "AS"
+            name = words[-1] if named else None
         entries.append(
             Entry(
-                keyword, _norm(item["value"]), item["startline"], item["endline"], stage
+                keyword,
+                _norm(item["value"]),
+                item["startline"],
+                item["endline"],
+                stage,
+                name,
             )
         )
     return entries
@@ -59,18 +73,18 @@ def parse(text: str) -> list[Entry]:
 
 @dataclass(frozen=True)
 class Instruction:
-    """Matches instructions by keyword, text their value contains, and stage.
-    ``arg("NAME")`` and ``from_stage("name")`` build common ones."""
+    """Matches instructions by keyword, text their value contains, and stage (its
+    number, or the name its ``FROM … AS name`` gives it)."""
 
     keyword: str
     contains: str = ""
-    stage: int | None = None
+    stage: int | str | None = None
 
     def matches(self, entry: Entry) -> bool:
         return (
             entry.keyword == self.keyword.upper()
             and _norm(self.contains) in entry.value
-            and (self.stage is None or entry.stage == self.stage)
+            and (self.stage is None or entry.in_stage(self.stage))
         )
 
     def __str__(self) -> str:
@@ -78,7 +92,7 @@ class Instruction:
         if self.contains:
             text += f" containing {self.contains!r}"
         if self.stage is not None:
-            text += f" in stage {self.stage}"
+            text += f" in stage {self.stage!r}"
         return text
 
 
@@ -187,8 +201,9 @@ class ReplaceInstruction(DockerfileEdit):
 
 
 class AddArg(DockerfileEdit):
-    """Declare ``ARG name[=default]`` once in a stage: after the instruction matched
-    by ``after``, or after the stage's last ARG. Already applied when the stage declares
+    """Declare ``ARG name[=default]`` once in a stage (its number, or its name in a
+    multi-stage file): after the instruction matched by ``after``, or after the
+    stage's last ARG. Already applied when the stage declares
     the argument with that default; a different default is a conflict. ``comment``
     lines go right above the new ARG."""
 
@@ -199,7 +214,7 @@ class AddArg(DockerfileEdit):
         default: str | None = None,
         *,
         after: Instruction | None = None,
-        stage: int = 0,
+        stage: int | str = 0,
         comment: str = "",
     ):
         super().__init__(id)
@@ -208,12 +223,15 @@ class AddArg(DockerfileEdit):
 
     def apply(self, doc: str) -> tuple[str, bool]:
         entries = parse(doc)
-        stage = [e for e in entries if e.stage == self.stage]
+        stage = [e for e in entries if e.in_stage(self.stage)]
         if not any(e.keyword == "FROM" for e in stage):
+            names = [
+                e.stage_name or str(e.stage) for e in entries if e.keyword == "FROM"
+            ]
             raise Conflict(
                 self.id,
-                f"a build stage number {self.stage}",
-                f"{max(e.stage for e in entries) + 1 if entries else 0} stages",
+                f"a build stage {self.stage!r}",
+                f"the stages {names}" if names else "no FROM",
                 None,
             )
         declared = [

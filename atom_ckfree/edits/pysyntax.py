@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 import libcst.matchers as m
+from libcst.helpers import get_full_name_for_node
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
 from ..errors import SeriesError
@@ -204,6 +205,24 @@ def defn(name: str) -> Anchor:
         f"definition of `{name}`",
         lambda n: isinstance(n, (cst.FunctionDef, cst.ClassDef))
         and n.name.value == name,
+    )
+
+
+def imports_from(package: str) -> Anchor:
+    """An import of ``package`` or of anything under it."""
+
+    def names(n: cst.CSTNode) -> list[str]:
+        if isinstance(n, cst.ImportFrom) and n.module is not None and not n.relative:
+            return [get_full_name_for_node(n.module) or ""]
+        if isinstance(n, cst.Import):
+            return [get_full_name_for_node(a.name) or "" for a in n.names]
+        return []
+
+    return Anchor(
+        f"an import from `{package}`",
+        lambda n: any(
+            name == package or name.startswith(package + ".") for name in names(n)
+        ),
     )
 
 

@@ -35,6 +35,21 @@ def found(scope: str, anchor: Anchor) -> Callable[[cst.Module], bool]:
     return lambda module: bool(find_all(find_scope(module, scope, ""), anchor))
 
 
+def missing(scope: str, anchor: Anchor) -> Callable[[cst.Module | None], bool]:
+    """For :class:`~.base.Obsolete`: whether upstream removed ``anchor`` from
+    ``scope`` — or the scope, or the whole file (``None``)."""
+
+    def gone(module: cst.Module | None) -> bool:
+        if module is None:
+            return True
+        try:
+            return not find_all(find_scope(module, scope, ""), anchor)
+        except Conflict:
+            return True
+
+    return gone
+
+
 class PythonEdit(Edit):
     format = "python"
 

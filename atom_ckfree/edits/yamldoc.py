@@ -22,7 +22,7 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
 
-from .base import Conflict, Edit
+from .base import Conflict, Edit, Unless
 from .formats import _yaml_parse
 
 
@@ -281,6 +281,21 @@ class SetEntry(YamlEdit):
             )
         _insert(mapping, self.key, self.value, self.after, blank_line=False)
         return doc, True
+
+
+def newer_action(id: str, job: str, step: str, old: str, new: str) -> Edit:
+    """``uses: old`` → ``uses: new`` in a job's named step, unless the step already
+    uses ``new``'s major version or a later one (upstream moved on by itself)."""
+    edit = SetEntry(
+        id, ("jobs", job, "steps", {"name": step}), "uses", new, replaces=old
+    )
+    major = int(new.rsplit("@v", 1)[1])
+
+    def present(doc) -> bool:
+        found = re.search(r"@v(\d+)", str(edit.mapping(doc).get("uses", "")))
+        return bool(found) and int(found[1]) >= major
+
+    return Unless(edit, present)
 
 
 def _drop_comment_lines(

@@ -1,37 +1,31 @@
-"""docker/Dockerfile: CK optional (ENABLE_CK, default 1 = as before), triton_kernels installed."""
+"""docker/Dockerfile: hadolint's rules for upstream's style, and triton_kernels
+installed where the image builds Triton itself."""
 
-from atom_ckfree.edits import (
-    AddArg,
-    InsertInstructions,
-    Instruction,
-    ReplaceInstruction,
-    snippet,
-)
+from atom_ckfree.edits import InsertInstructions, Instruction, Obsolete, snippet
+from atom_ckfree.edits.dockerfile import parse
+
+
+def builds_no_triton(doc: str | None) -> bool:
+    return doc is None or not any(
+        Instruction("RUN", "/triton-test").matches(e) for e in parse(doc)
+    )
+
 
 EDITS = [
     InsertInstructions(
         "dockerfile.hadolint-upstream-style",
-        before=Instruction("ARG", "BASE_IMAGE="),
+        before=Instruction("COMMENT", "Default base images"),
         code=snippet(__file__, "hadolint_upstream_style.Dockerfile"),
     ),
-    AddArg(
-        "dockerfile.arg-enable-ck",
-        "ENABLE_CK",
-        "1",
-        after=Instruction("ARG", "MAX_JOBS"),
-        comment="""
-        # 1 (default): AITER with its Composable Kernel (CK) backend, as before.
-        # 0: a CK-free AITER: the CK submodule is not fetched and no CK kernel is built.
-        """,
-    ),
-    ReplaceInstruction(
-        "dockerfile.aiter-ck-optional",
-        anchor=Instruction("RUN", "git clone $AITER_REPO /app/aiter-test"),
-        code=snippet(__file__, "aiter_ck_optional.Dockerfile"),
-    ),
-    InsertInstructions(
-        "dockerfile.triton-kernels-wheel",
-        after=Instruction("RUN", "pip --retries=10 --default-timeout=60 install ."),
-        code=snippet(__file__, "triton_kernels_wheel.Dockerfile"),
+    Obsolete(
+        InsertInstructions(
+            "dockerfile.triton-kernels-wheel",
+            after=Instruction("RUN", "pip --retries=10 --default-timeout=60 install ."),
+            code=snippet(__file__, "triton_kernels_wheel.Dockerfile"),
+        ),
+        builds_no_triton,
+        "upstream ab30a68 (2026-06-06) builds no Triton in the image (the ROCm "
+        "PyTorch base image's Triton serves) and 2b8828c moved fused_moe_triton.py "
+        "off triton_kernels",
     ),
 ]

@@ -3,14 +3,12 @@
 Upstream later made its own `unit-tests` job and dropped `workflow_call`: each edit
 says how it recognises that its effect is already there."""
 
-import re
-
 from atom_ckfree.edits import (
     AddJob,
     MergeMapping,
-    SetEntry,
     Unless,
     from_yaml,
+    newer_action,
     snippet,
 )
 
@@ -22,21 +20,6 @@ def has_job(name: str):
 def not_reusable(doc) -> bool:
     """No `workflow_call` trigger: there are no inputs to add a switch to."""
     return "workflow_call" not in (doc.get("on") or {})
-
-
-def newer_action(id: str, job: str, step: str, old: str, new: str) -> Unless:
-    """``uses: old`` → ``uses: new``, unless the step already uses ``new``'s major
-    version or a later one."""
-    edit = SetEntry(
-        id, ("jobs", job, "steps", {"name": step}), "uses", new, replaces=old
-    )
-    major = int(new.rsplit("@v", 1)[1])
-
-    def present(doc) -> bool:
-        found = re.search(r"@v(\d+)", str(edit.mapping(doc).get("uses", "")))
-        return bool(found) and int(found[1]) >= major
-
-    return Unless(edit, present)
 
 
 EDITS = [

@@ -107,7 +107,7 @@ MANIFEST_BREAKS = {
     ),
     "edits-not-strings": (
         _replace('"atom/model_ops/linear.py" = "linear.py"', '"x.py" = 3'),
-        "'edits' must be a dict of str",
+        "'edits' must be a dict of str or list",
     ),
     "names-a-missing-file": (
         _replace("overlay = []", 'overlay = ["atom/no_such_file.py"]'),

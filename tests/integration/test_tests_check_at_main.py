@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from atom_ckfree import upstream, verify
-from tests.tools import MAIN
+from atom_ckfree import verify
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def main_tree(tmp_path_factory, atom_source):
-    dest = tmp_path_factory.mktemp("atom-main") / "atom"
-    upstream.checkout(dest, atom_source, MAIN)
-    return dest
-
-
-def test_the_suite_at_main_runs_as_upstream_runs_it(main_tree):
-    run = verify.run_tests(main_tree)
+def test_the_suite_at_main_runs_as_upstream_runs_it(main_template):
+    run = verify.run_tests(main_template)
     assert run.how == ".github/scripts/run_unit_tests.sh" and run.broken is None
     # measured 2026-12-04 on this project's lock: 1980 passed, 141 skipped, 1 error
     assert run.ran > 1500 and run.skipped > 100

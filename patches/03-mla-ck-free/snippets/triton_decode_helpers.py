@@ -1,9 +1,3 @@
-try:
-    from aiter import flash_attn_varlen_func
-except ImportError:  # an AITER built without CK
-    flash_attn_varlen_func = None
-
-
 TRITON_MLA_DECODE_MODULES = (
     "aiter.ops.triton.attention.mla_decode_rope",
     "aiter.ops.triton.mla_decode_rope",
