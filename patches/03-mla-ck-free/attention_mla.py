@@ -13,8 +13,10 @@ upstream also passes ``sm_scale`` to ``mla_decode_fwd`` by keyword itself
 import libcst.matchers as m
 
 from atom_ckfree.edits import (
+    FirstOf,
     InsertStatements,
     Obsolete,
+    OnlyWhere,
     ReplaceStatement,
     Unless,
     WrapInCondition,
@@ -99,13 +101,31 @@ EDITS = [
     ),
     # (with the module's first imports: AddImport would put it after the Triton
     # imports half-way down the file)
-    InsertStatements(
+    FirstOf(
         "attention-mla.import-ck-free-helpers",
-        scope="",
-        after=stmt("from atom.model_ops.utils import get_and_maybe_dequant_weights"),
-        code=(
-            "from atom.model_ops.ck_free_mla import "
-            "dequantised, dequantised_kv_rows, varlen_causal_attention"
+        # where upstream's Triton backend decodes, only the prefill fallback is ours
+        OnlyWhere(
+            InsertStatements(
+                "attention-mla.import-ck-free-helpers",
+                scope="",
+                after=stmt(
+                    "from atom.model_ops.utils import get_and_maybe_dequant_weights"
+                ),
+                code="from atom.model_ops.ck_free_mla import varlen_causal_attention",
+            ),
+            HAS_TRITON_BACKEND,
+            "upstream's TritonMLABackend decode",
+        ),
+        InsertStatements(
+            "attention-mla.import-ck-free-helpers",
+            scope="",
+            after=stmt(
+                "from atom.model_ops.utils import get_and_maybe_dequant_weights"
+            ),
+            code=(
+                "from atom.model_ops.ck_free_mla import "
+                "dequantised, dequantised_kv_rows, varlen_causal_attention"
+            ),
         ),
     ),
     # After the import section, so that it does not split an import block in two;
