@@ -266,7 +266,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_regen(args) -> int:
-    expected = regen.stacked_diffs(load_all(), regen.pin_reader())
+    expected = regen.every_base(load_all())
     stale = [e for e in expected if not e.current]
     if not args.check:
         regen.write(expected)
@@ -276,6 +276,7 @@ def cmd_regen(args) -> int:
                 {
                     "series": e.series.number,
                     "name": e.series.name,
+                    "base": e.base,
                     "expected": str(e.path),
                     "current": e.current,
                 }
@@ -286,11 +287,12 @@ def cmd_regen(args) -> int:
         verb = "stale" if args.check else "written"
         for e in expected:
             state = "current" if e.current else verb
-            report.console.print(f"{e.series.name}: {state}", markup=False)
+            report.console.print(f"{e.series.name} on {e.base}: {state}", markup=False)
     if args.check and stale:
         raise DriftError(
-            "expected diffs out of date: " + ", ".join(e.series.name for e in stale),
-            "run `apply-patches regen` and review the change to expected/pin.diff",
+            "expected diffs out of date: "
+            + ", ".join(f"{e.series.name} on {e.base}" for e in stale),
+            "run `apply-patches regen` and review the change to expected/<base>.diff",
         )
     return 0
 
@@ -443,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(
         "regen",
         cmd_regen,
-        "write each series' effect on the pin to patches/NN-slug/expected/pin.diff",
+        "write each series' effect on each base (pin, main) to patches/NN-slug/expected/<base>.diff",
     )
     p.add_argument(
         "--check",

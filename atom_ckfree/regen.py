@@ -1,7 +1,8 @@
-"""The expected result of every series: its effect on the pin, committed as a diff.
+"""The expected result of every series: its effect on each base, committed as a diff.
 
-``patches/NN-slug/expected/pin.diff`` is the unified diff that series NN makes on
-top of the series before it (the stacked result), against the pin as the tool's
+``patches/NN-slug/expected/<base>.diff`` (``pin.diff``, ``main.diff``: one for
+each ``[[bases]]`` of the manifest) is the unified diff that series NN makes on
+top of the series before it (the stacked result), against that base as the tool's
 upstream cache holds it. ``regen`` writes these files; ``regen --check`` says which
 no longer match what the series produce, so that a change to an edit, a primitive
 or a formatter that silently changes ATOM output shows up in review and in tests.
@@ -19,35 +20,36 @@ from .report import conflict_text
 from .series import Series
 from .workspace import git
 
-BASE = "pin"
 
-
-def expected_path(series: Series, base: str = BASE) -> Path:
+def expected_path(series: Series, base: str) -> Path:
     return series.folder / "expected" / f"{base}.diff"
 
 
 @dataclass
 class Expected:
     series: Series
+    base: str  # the manifest's name of the base: pin, main
     diff: str  # what the series produce now
     committed: str | None  # what expected/<base>.diff holds, None without one
 
     @property
     def path(self) -> Path:
-        return expected_path(self.series)
+        return expected_path(self.series, self.base)
 
     @property
     def current(self) -> bool:
         return self.diff == self.committed
 
 
-def pin_reader(repo: Path | None = None, commit: str | None = None):
-    """``read(path)`` → the file's text at ``commit`` in the upstream cache, or None."""
+def base_reader(base: project.Base | None = None, repo: Path | None = None):
+    """``read(path)`` → the file's text at the base (default: the pin) in the
+    upstream cache, or None."""
     repo = repo or upstream.cache_repo()
-    commit = commit or project.current().pin
+    base = base or project.current().bases[0]
+    commit = base.commit
     if upstream.resolve(commit, repo) is None:
         raise UserError(
-            f"the pin {commit[:12]} is not in the upstream cache {repo}",
+            f"the {base.name} {commit[:12]} is not in the upstream cache {repo}",
             "seed it: apply-patches checkout --upstream <URL or git dir> DEST",
         )
     paths = set(git(repo, "ls-tree", "-r", "--name-only", commit).splitlines())
@@ -60,8 +62,8 @@ def pin_reader(repo: Path | None = None, commit: str | None = None):
     return read
 
 
-def stacked_diffs(all_series: list[Series], read) -> list[Expected]:
-    """Each series planned on the pin with every earlier series applied."""
+def stacked_diffs(all_series: list[Series], read, base: str = "pin") -> list[Expected]:
+    """Each series planned on a base with every earlier series applied."""
     staged: dict[str, str] = {}
     found = []
     for series in all_series:
@@ -70,15 +72,24 @@ def stacked_diffs(all_series: list[Series], read) -> list[Expected]:
         )
         if plan.conflicts:
             raise DriftError(
-                f"series {series.name} does not apply on the pin: "
+                f"series {series.name} does not apply on the {base}: "
                 + conflict_text(series.number, plan.conflicts[0]),
                 "fix the series before regenerating its expected diff",
             )
         staged.update(plan.changes)
-        path = expected_path(series)
+        path = expected_path(series, base)
         committed = path.read_text() if path.is_file() else None
-        found.append(Expected(series, plan.diff(), committed))
+        found.append(Expected(series, base, plan.diff(), committed))
     return found
+
+
+def every_base(all_series: list[Series]) -> list[Expected]:
+    """The stacked diffs on each base the manifest lists."""
+    return [
+        e
+        for base in project.current().bases
+        for e in stacked_diffs(all_series, base_reader(base), base.name)
+    ]
 
 
 def write(expected: list[Expected]) -> None:

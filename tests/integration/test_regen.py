@@ -26,7 +26,9 @@ def copy_project(tmp_path, monkeypatch):
 def test_committed_expected_diffs_are_current(pin_template, capsys):
     assert main(["regen", "--check"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 7 and all(line.endswith(": current") for line in out)
+    # seven series on each base of the manifest: the pin and main
+    assert len(out) == 14 and all(line.endswith(": current") for line in out)
+    assert sum(line.endswith("on main: current") for line in out) == 7
 
 
 @integration
@@ -35,13 +37,15 @@ def test_an_edited_expected_diff_is_stale(pin_template, tmp_path, monkeypatch, c
     diff = patches / "03-mla-ck-free" / "expected" / "pin.diff"
     committed = diff.read_text()
     diff.write_text(committed.replace("+", "-", 1))
-    (patches / "05-docker-wheels" / "expected" / "pin.diff").unlink()
+    (patches / "05-docker-wheels" / "expected" / "main.diff").unlink()
 
     assert main(["regen", "--check"]) == 1
     out, err = capsys.readouterr()
-    assert "03-mla-ck-free: stale" in out and "05-docker-wheels: stale" in out
+    assert "03-mla-ck-free on pin: stale" in out
+    assert "05-docker-wheels on main: stale" in out
     assert err.count("\n") == 1
-    assert "03-mla-ck-free, 05-docker-wheels" in err and "02-mha" not in err
+    assert "03-mla-ck-free on pin, 05-docker-wheels on main" in err
+    assert "02-mha" not in err
     assert diff.read_text() != committed  # --check writes nothing
 
     assert main(["regen"]) == 0
