@@ -116,10 +116,14 @@ def test_sweep_onto_newest_main_reports_precisely(atom_source, pin_template, cap
     assert {s["verdict"] for s in series} <= {
         "applied+verified",
         "already upstream",
+        "obsolete",
         "drifted",
         "verify-failed",
     }
     first = series[0]
+    # both fused_moe_triton.py fixes: upstream 2b8828c left triton_kernels
+    assert first["verdict"] == "obsolete"
+    assert all("2b8828c" in e for e in first["obsolete_edits"]), first
     assert {
         "linear.merged-replicated-scale-shard-else",
         "scheduler.postprocess-num-rejected-default",
