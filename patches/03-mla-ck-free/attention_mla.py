@@ -70,6 +70,17 @@ TRITON_BACKEND = (
 )
 
 
+def import_ck_free_helpers(*names: str) -> InsertStatements:
+    """With the module's first imports: AddImport would put it after the Triton
+    imports half-way down the file."""
+    return InsertStatements(
+        "attention-mla.import-ck-free-helpers",
+        scope="",
+        after=stmt("from atom.model_ops.utils import get_and_maybe_dequant_weights"),
+        code=f"from atom.model_ops.ck_free_mla import {', '.join(names)}",
+    )
+
+
 def unless_upstream_triton(edit):
     return Obsolete(
         edit, lambda doc: doc is not None and HAS_TRITON_BACKEND(doc), TRITON_BACKEND
@@ -99,33 +110,16 @@ EDITS = [
             code="from functools import cache as functools_cache",
         )
     ),
-    # (with the module's first imports: AddImport would put it after the Triton
-    # imports half-way down the file)
     FirstOf(
         "attention-mla.import-ck-free-helpers",
         # where upstream's Triton backend decodes, only the prefill fallback is ours
         OnlyWhere(
-            InsertStatements(
-                "attention-mla.import-ck-free-helpers",
-                scope="",
-                after=stmt(
-                    "from atom.model_ops.utils import get_and_maybe_dequant_weights"
-                ),
-                code="from atom.model_ops.ck_free_mla import varlen_causal_attention",
-            ),
+            import_ck_free_helpers("varlen_causal_attention"),
             HAS_TRITON_BACKEND,
             "upstream's TritonMLABackend decode",
         ),
-        InsertStatements(
-            "attention-mla.import-ck-free-helpers",
-            scope="",
-            after=stmt(
-                "from atom.model_ops.utils import get_and_maybe_dequant_weights"
-            ),
-            code=(
-                "from atom.model_ops.ck_free_mla import "
-                "dequantised, dequantised_kv_rows, varlen_causal_attention"
-            ),
+        import_ck_free_helpers(
+            "dequantised", "dequantised_kv_rows", "varlen_causal_attention"
         ),
     ),
     # After the import section, so that it does not split an import block in two;

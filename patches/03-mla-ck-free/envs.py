@@ -8,13 +8,18 @@ excludes. In the CK-free mode both default to on; a value in the environment
 still wins. At the pin there are no such switches: this series brings its own
 Triton decode route (attention_mla.py)."""
 
-from atom_ckfree.edits import Obsolete, SetDictEntry, assign
+import libcst.matchers as m
+
+from atom_ckfree.edits import Obsolete, SetDictEntry, assign, matching, missing
 
 NOT_YET = "no such switch here: upstream 77b3d1e/66ffdcf added TritonMLABackend"
 
 
 def lacks(name: str):
-    return lambda module: module is None or f'"{name}"' not in module.code
+    switch = matching(
+        m.DictElement(key=m.SimpleString(f'"{name}"')), f"the switch {name}"
+    )
+    return missing("", switch)
 
 
 def default_on_when_ck_free(name: str):

@@ -10,7 +10,6 @@ import textwrap
 import pytest
 
 from atom_ckfree.edits import (
-    FORMATS,
     AddArg,
     Conflict,
     FirstOf,
@@ -24,6 +23,8 @@ from atom_ckfree.edits import (
     missing,
     stmt,
 )
+
+from .test_first_of_and_obsolete import apply
 
 TWO_STAGES = textwrap.dedent("""\
     ARG BASE_IMAGE="rocm/pytorch:latest"
@@ -77,12 +78,6 @@ MODULE_MAIN = (
 
 def dynamic(code: str):
     return InsertStatements("m.dynamic", scope="M.__init__", at="end", code=code)
-
-
-def apply(edit, text):
-    python = FORMATS["python"]
-    doc, changed = edit.apply(python.parse(text))
-    return python.render(doc), changed
 
 
 def test_only_where_tells_two_upstreams_apart_when_the_anchors_fit_both():
